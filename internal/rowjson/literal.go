@@ -246,8 +246,13 @@ func errRecord(ti *TypeInfo, s []byte, i int, what string) error {
 	return fmt.Errorf("%w: %s literal at byte %d: %s (near %q)", ErrMalformed, ti.Name, i, what, s[lo:hi])
 }
 
+const recordOID = 2249
+
 // record renders a composite literal "(a,\"b c\",)" of type ti as an object.
 func (r *renderer) record(dst []byte, ti *TypeInfo, s []byte, depth int) ([]byte, error) {
+	if ti.OID == recordOID {
+		return dst, fmt.Errorf("%w: anonymous record", ErrUnsupported)
+	}
 	if len(ti.Fields) != len(ti.keys) {
 		return dst, fmt.Errorf("%w: %s: attributes of the composite are not known", ErrUnknownType, ti.Name)
 	}

@@ -424,3 +424,37 @@ func TestResolveAlterType(t *testing.T) {
 		t.Errorf("after Forget+Resolve: %+v", ti)
 	}
 }
+
+// TestUserCast checks that a type with a user-defined cast to json, which
+// row_to_json calls, is reported as unsupported rather than mis-rendered.
+func TestUserCast(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, `CREATE TYPE color AS ENUM ('red', 'green');
+		CREATE FUNCTION color_json(color) RETURNS json LANGUAGE sql IMMUTABLE AS $$ SELECT json_build_object('c', $1::text) $$;
+		CREATE CAST (color AS json) WITH FUNCTION color_json(color);
+		CREATE DOMAIN dcolor AS color;`)
+	conn := connect(t, dsn, nil)
+	var got string
+	if err := conn.QueryRow(context.Background(), "SELECT row_to_json(x)::text FROM (SELECT 'red'::dcolor AS v) x").Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got != `{"v":{"c" : "red"}}` {
+		t.Fatalf("row_to_json does not use the cast: %s", got)
+	}
+	var color, dcolor uint32
+	if err := conn.QueryRow(context.Background(), "SELECT 'color'::regtype::oid, 'dcolor'::regtype::oid").Scan(&color, &dcolor); err != nil {
+		t.Fatal(err)
+	}
+	types := NewTypes()
+	if err := types.Resolve(context.Background(), conn, dcolor); err != nil {
+		t.Fatal(err)
+	}
+	for _, oid := range []uint32{color, dcolor} {
+		if ti, _ := types.Lookup(oid); ti == nil || ti.Kind != KindCast {
+			t.Errorf("type %d: %+v, want KindCast", oid, ti)
+		}
+		if _, err := types.AppendValue(nil, oid, []byte("red")); !errors.Is(err, ErrUnsupported) {
+			t.Errorf("AppendValue(%d): %v, want ErrUnsupported", oid, err)
+		}
+	}
+}

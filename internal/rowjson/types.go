@@ -216,7 +216,7 @@ func (t *Types) Resolve(ctx context.Context, q Querier, oids ...uint32) error {
 	defer t.mu.Unlock()
 	var missing []uint32
 	for _, o := range oids {
-		if _, ok := t.Lookup(o); !ok {
+		if !t.knownDeep(o, 0) {
 			missing = append(missing, o)
 		}
 	}
@@ -338,16 +338,14 @@ func (t *Types) load(ctx context.Context, q Querier, oids []uint32, m map[uint32
 		case r.typtype == "d":
 			ti.Base = r.base
 		case r.typtype == "c":
-			ti.Kind = KindComposite
 			if len(r.names) != len(r.ftypes) {
 				return fmt.Errorf("rowjson: load type %d: attribute lists differ", r.oid)
 			}
-			ti.Fields = make([]Field, len(r.names))
-			ti.keys = make([]string, len(r.names))
+			fields := make([]Field, len(r.names))
 			for i := range r.names {
-				ti.Fields[i] = Field{Name: r.names[i], Type: r.ftypes[i]}
-				ti.keys[i] = string(AppendString(nil, r.names[i])) + ":"
+				fields[i] = Field{Name: r.names[i], Type: r.ftypes[i]}
 			}
+			ti = compositeInfo(r.oid, r.name, fields)
 		case r.isArray:
 			ti.Kind = KindArray
 			ti.Elem = r.elem
@@ -398,6 +396,16 @@ func (t *Types) load(ctx context.Context, q Querier, oids []uint32, m map[uint32
 }
 
 const firstNormalObjectID = 16384
+
+// compositeInfo describes a composite type with the given live attributes.
+func compositeInfo(oid uint32, name string, fields []Field) *TypeInfo {
+	ti := &TypeInfo{OID: oid, Name: name, Kind: KindComposite, Fields: fields,
+		keys: make([]string, len(fields))}
+	for i, f := range fields {
+		ti.keys[i] = string(AppendString(nil, f.Name)) + ":"
+	}
+	return ti
+}
 
 // builtinDelim returns the array delimiter for elements of type eti.
 func builtinDelim(eti *TypeInfo) byte {
