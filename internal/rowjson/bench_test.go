@@ -43,3 +43,11 @@ func BenchmarkAppendValueCompositeArray(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkAppendValueLongText(b *testing.B) {
+	s := make([]byte, 4096)
+	for i := range s {
+		s[i] = "abcdefgh ijklmnop, é"[i%20]
+	}
+	benchValue(b, 25, string(s))
+}

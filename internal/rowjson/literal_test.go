@@ -255,3 +255,42 @@ func TestSessionParams(t *testing.T) {
 		t.Error("SessionParams is shared or wrong")
 	}
 }
+
+// naiveEscape is escape_json written byte by byte.
+func naiveEscape(s []byte) string {
+	out := []byte{'"'}
+	for _, c := range s {
+		out = appendEscapedByte(out, c)
+	}
+	return string(append(out, '"'))
+}
+
+func TestAppendStringAllBytes(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		for pos := 0; pos < 20; pos++ {
+			s := []byte("abcdefghijklmnopqrstuvwxyz")[:20]
+			s[pos] = byte(c)
+			if got, want := string(AppendStringBytes(nil, s)), naiveEscape(s); got != want {
+				t.Fatalf("byte %#x at %d: got %s want %s", c, pos, got, want)
+			}
+		}
+	}
+}
+
+func TestConcurrentUse(t *testing.T) {
+	types := testTypes()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 200; i++ {
+			types.Forget(oidCast)
+		}
+	}()
+	in := []byte(`{"(t,x)",NULL,"(f,\"a \"\"b\"\"\")"}`)
+	for i := 0; i < 2000; i++ {
+		if _, err := types.AppendValue(nil, oidInnerArr, in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+}

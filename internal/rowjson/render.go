@@ -47,17 +47,41 @@ var needsEscape = func() (t [256]bool) {
 
 const hexDigits = "0123456789abcdef"
 
+// Constants for testing eight bytes at a time.
+const (
+	lsb = 0x0101010101010101
+	msb = 0x8080808080808080
+)
+
+// safeWord reports whether none of the eight bytes of w needs escaping:
+// no byte is below 0x20, '"' or '\\' (bytes >= 0x80 are safe).
+func safeWord(w uint64) bool {
+	low := (w - lsb*0x20) & ^w // any byte < 0x20
+	quote := ((w ^ lsb*'"') - lsb) & ^(w ^ lsb*'"')
+	bslash := ((w ^ lsb*'\\') - lsb) & ^(w ^ lsb*'\\')
+	return (low|quote|bslash)&msb == 0
+}
+
 func appendEscaped[T string | []byte](dst []byte, s T) []byte {
 	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !needsEscape[c] {
-			continue
+	start, i := 0, 0
+	for i < len(s) {
+		end := len(s)
+		if i+8 <= len(s) {
+			if safeWord(uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+				uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56) {
+				i += 8
+				continue
+			}
+			end = i + 8
 		}
-		dst = append(dst, s[start:i]...)
-		dst = appendEscapedByte(dst, c)
-		start = i + 1
+		for ; i < end; i++ {
+			if c := s[i]; needsEscape[c] {
+				dst = append(dst, s[start:i]...)
+				dst = appendEscapedByte(dst, c)
+				start = i + 1
+			}
+		}
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
