@@ -458,3 +458,46 @@ func TestUserCast(t *testing.T) {
 		}
 	}
 }
+
+// TestResolveConcurrent resolves, refreshes and renders from several
+// goroutines at once (run with -race).
+func TestResolveConcurrent(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, `CREATE TYPE p AS (a int, b text); CREATE DOMAIN dp AS p[]`)
+	types := NewTypes()
+	var oid uint32
+	if err := connect(t, dsn, nil).QueryRow(context.Background(), "SELECT 'dp'::regtype::oid").Scan(&oid); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 4)
+	for g := 0; g < 4; g++ {
+		conn := connect(t, dsn, nil)
+		go func() {
+			for i := 0; i < 20; i++ {
+				var err error
+				if i%5 == 4 {
+					err = types.Refresh(context.Background(), conn)
+				} else {
+					err = types.Resolve(context.Background(), conn, oid)
+				}
+				if err == nil {
+					var out []byte
+					out, err = types.AppendValue(nil, oid, []byte(`{"(1,x)",NULL}`))
+					if err == nil && string(out) != `[{"a":1,"b":"x"},null]` {
+						err = fmt.Errorf("got %s", out)
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for g := 0; g < 4; g++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}

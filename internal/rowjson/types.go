@@ -96,8 +96,10 @@ type Field struct {
 	Type uint32
 }
 
-// Querier is what Types needs to read the catalog (satisfied by *pgx.Conn
-// and *pgxpool.Pool).
+// Querier is what Types needs to read the catalog (satisfied by *pgx.Conn,
+// *pgxpool.Pool and pgx.Tx). Resolve passes pgx.QueryExecModeSimpleProtocol
+// as the only argument, which pgx treats as a query option, so it works on
+// connections that cannot prepare statements.
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
@@ -272,8 +274,10 @@ type catalogRow struct {
 	castFunc        *string
 }
 
-// typeQuery loads the closure of the requested types. %s is the test for a
-// true array type and %s the literal of the requested OIDs.
+// typeQuery loads the closure of the requested types (element, base and
+// attribute types, recursively). Argument 1 is the test for a true array type
+// (typsubscript exists since PostgreSQL 14), argument 2 the array literal of
+// the requested OIDs (inlined so that the simple protocol can be used).
 const typeQuery = `WITH RECURSIVE need(oid) AS (
     SELECT o FROM pg_catalog.unnest('%[2]s'::pg_catalog.oid[]) AS o
   UNION
@@ -329,6 +333,7 @@ func (t *Types) load(ctx context.Context, q Querier, oids []uint32, m map[uint32
 	for i := range rows {
 		raw[rows[i].oid] = &rows[i]
 	}
+	var domains []*TypeInfo // new domains; published TypeInfos are never modified
 	for _, r := range raw {
 		if int(r.oid) < len(builtinByOID) && builtinByOID[r.oid] != nil {
 			continue
@@ -337,6 +342,7 @@ func (t *Types) load(ctx context.Context, q Querier, oids []uint32, m map[uint32
 		switch {
 		case r.typtype == "d":
 			ti.Base = r.base
+			domains = append(domains, ti)
 		case r.typtype == "c":
 			if len(r.names) != len(r.ftypes) {
 				return fmt.Errorf("rowjson: load type %d: attribute lists differ", r.oid)
@@ -364,10 +370,7 @@ func (t *Types) load(ctx context.Context, q Querier, oids []uint32, m map[uint32
 		m[r.oid] = ti
 	}
 	// Domains take the kind of their (ultimate) base type.
-	for _, ti := range m {
-		if ti.Base == 0 {
-			continue
-		}
+	for _, ti := range domains {
 		b, depth := ti.Base, 0
 		for ; depth <= maxDepth; depth++ {
 			bti, ok := t.lookupIn(m, b)
@@ -381,12 +384,10 @@ func (t *Types) load(ctx context.Context, q Querier, oids []uint32, m map[uint32
 			b = bti.Base
 		}
 	}
-	if !strict {
-		// Refresh: keep only what still exists.
-		t.user.Store(&m)
-		return nil
-	}
 	t.user.Store(&m)
+	if !strict {
+		return nil // Refresh: what no longer exists is dropped silently
+	}
 	for _, o := range oids {
 		if !t.knownDeep(o, 0) {
 			return fmt.Errorf("%w: oid %d (or a type it depends on) is not in pg_type", ErrUnknownType, o)
