@@ -129,6 +129,7 @@ var oracleCols = []scalarCol{
 		`ROW(1, ROW(2, 'x'), ARRAY['a','b c',NULL], '2024-01-02 03:04:05+00', '{"j": [1]}', 1.50, true, 'happy', '{"(1,y)","(2,\"z z\")"}', '{1,2}', '[1,2)')`,
 		`ROW(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)`,
 		`ROW(2, ROW(NULL, E'\\"()'), '{}', 'infinity', 'null', 'NaN', false, 'sad', '{}', '{}', 'empty')`}, false},
+	{"dbox", "dbox", []string{"'(1,2),(3,4)'", "'(5,6),(7,8)'"}, false},
 	{"ecomp", "ecomp", []string{"ROW()"}, false},
 	{"dcomp", "dcomp", []string{"ROW(5, 'five')"}, false},
 	{"hstore", "hstore", []string{`'a=>1, "b c"=>NULL, "q\"x"=>"\\\\"'`, "''", `'"é"=>"\\n"'`}, false},
@@ -149,6 +150,7 @@ ALTER TYPE outer_t ADD ATTRIBUTE "late" int;
 ALTER TYPE outer_t DROP ATTRIBUTE "late";
 CREATE TYPE ecomp AS ();
 CREATE DOMAIN dcomp AS inner_t;
+CREATE DOMAIN dbox AS box;
 `
 
 // oracleSchema creates the oracle table t and fills it.
@@ -163,7 +165,7 @@ func oracleSchema(t *testing.T, dsn string) {
 		}
 		nrows = max(nrows, len(c.vals)+1)
 	}
-	cols = append(cols, "a_int2vector int2vector[]", "a_oidvector oidvector[]")
+	cols = append(cols, "a_int2vector int2vector[]", "a_oidvector oidvector[]", "a_tags tags[]", "a_ints ints[]")
 	var sql strings.Builder
 	sql.WriteString(oracleDDL)
 	fmt.Fprintf(&sql, "CREATE TABLE t (%s);\n", strings.Join(cols, ", "))
@@ -199,6 +201,7 @@ func oracleSchema(t *testing.T, dsn string) {
 	sql.WriteString(`
 UPDATE t SET "weird ""col"" \ name" = 'w', "ñame" = 1 WHERE id = 1;
 UPDATE t SET big = repeat(E'x\\"é\t', 1 << 18) WHERE id = 2;
+UPDATE t SET a_tags = '{"{a,\"b c\"}","{}",NULL,"{{x},{NULL}}"}', a_ints = '{"[0:1]={1,2}",NULL}' WHERE id = 1;
 UPDATE t SET a_int2vector = ARRAY['1 2'::int2vector, ''::int2vector, NULL], a_oidvector = ARRAY['3 4'::oidvector] WHERE id = 1;
 UPDATE t SET a_text = '[-2:-1][3:4]={{"a b",NULL},{"\"",x}}', a_box = '{(1,2),(3,4);(5,6),(7,8);NULL}' WHERE id = 5;
 `)
