@@ -1,0 +1,36 @@
+package pgcdc
+
+import (
+	"errors"
+
+	"github.com/pgcdc/pgcdc/internal/dispatch"
+	"github.com/pgcdc/pgcdc/internal/errs"
+)
+
+// Errors returned by NewWorker and Serve; test them with errors.Is.
+var (
+	// ErrConfig: the options or routes are invalid. The message says which.
+	ErrConfig = errs.ErrConfig
+	// ErrWALLevel: the server does not run with wal_level=logical.
+	ErrWALLevel = errs.ErrWALLevel
+	// ErrPrivilege: the role lacks REPLICATION or the right to create the
+	// publication.
+	ErrPrivilege = errs.ErrPrivilege
+	// ErrTableNotFound: a route names a table that does not exist.
+	ErrTableNotFound = errs.ErrTableNotFound
+	// ErrNoReplicaIdentity: a routed table has no primary key and no replica
+	// identity.
+	ErrNoReplicaIdentity = errs.ErrNoReplicaIdentity
+	// ErrSlotLost: the replication slot was dropped or lost WAL while in use,
+	// so changes may have been missed. pgcdc never silently starts over.
+	ErrSlotLost = errs.ErrSlotLost
+	// ErrWorkerClosed: Serve was called after Shutdown, or twice.
+	ErrWorkerClosed = errors.New("pgcdc: worker closed")
+)
+
+// HandlerError is the error stored with a dead-lettered event: which route
+// failed on which event, wrapping the handler's last error.
+type HandlerError = dispatch.HandlerError
+
+// PanicError is the error a panicking handler is turned into.
+type PanicError = dispatch.PanicError

@@ -1,0 +1,150 @@
+package pgcdc
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pgcdc/pgcdc/internal/change"
+)
+
+// Actions of an event.
+const (
+	ActionInsert   = "INSERT"
+	ActionUpdate   = "UPDATE"
+	ActionDelete   = "DELETE"
+	ActionTruncate = "TRUNCATE"
+)
+
+// EventPayload is the typed view of an event's JSON (EventContext.Message).
+type EventPayload struct {
+	// EventID is an md5 hex string, unique per change and the same every
+	// time that change is delivered: use it to deduplicate.
+	EventID string `json:"event_id"`
+	// Table is the table name, without schema.
+	Table string `json:"table"`
+	// Action is ActionInsert, ActionUpdate or ActionDelete.
+	Action string `json:"action"`
+	// Data holds the row before and after the change.
+	Data EventPayloadData `json:"data"`
+	// Schema is the table's schema.
+	Schema string `json:"schema"`
+	// Source is the source name ("" for the default source).
+	Source string `json:"source"`
+	// LSN is the commit position of the change's transaction ("16/B374D848").
+	LSN string `json:"lsn"`
+	// XID is the transaction id.
+	XID uint32 `json:"xid"`
+	// CommitTime is when the transaction committed.
+	CommitTime time.Time `json:"commit_time"`
+	// UnchangedToast lists the columns of Data.New left out because their
+	// large (TOASTed) value did not change and the old row was not available
+	// (see the README, "TOAST").
+	UnchangedToast []string `json:"unchanged_toast,omitempty"`
+}
+
+// EventPayloadData holds the old and new rows, as JSON objects exactly as
+// PostgreSQL's row_to_json renders them (or JSON null).
+type EventPayloadData struct {
+	Old json.RawMessage `json:"old"`
+	New json.RawMessage `json:"new"`
+}
+
+// DecodeOld unmarshals the old row into v; v is left untouched when there
+// is no old row.
+func (d EventPayloadData) DecodeOld(v any) error { return decodeRow(d.Old, v) }
+
+// DecodeNew unmarshals the new row into v; v is left untouched when there
+// is no new row.
+func (d EventPayloadData) DecodeNew(v any) error { return decodeRow(d.New, v) }
+
+func decodeRow(raw json.RawMessage, v any) error {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil
+	}
+	return json.Unmarshal(raw, v)
+}
+
+// PostgresSource describes the source an event came from.
+type PostgresSource struct {
+	// Name is the source name given to AddPostgresDSN ("" for SetPostgresDSN).
+	Name string
+	// Slot and Publication are the replication slot and publication the
+	// worker streams the source through.
+	Slot        string
+	Publication string
+}
+
+// HandlerFunc handles one event. Returning nil acknowledges it; an error (or
+// a panic) makes the worker retry it and finally dead-letter it.
+type HandlerFunc func(*EventContext) error
+
+// EventContext is what a handler gets for one event. It is valid only
+// during the handler call and is not safe for concurrent use.
+type EventContext struct {
+	ctx        context.Context
+	c          *change.Change
+	route      string
+	workerType string
+	header     map[string]string
+	event      *EventPayload
+	eventOnce  sync.Once
+	err        error
+}
+
+// Context is cancelled when the worker stops without waiting for handlers
+// (Serve's context done, or Shutdown's context expired).
+func (e *EventContext) Context() context.Context { return e.ctx }
+
+// Message is the event's JSON; see EventPayload. Do not modify it.
+func (e *EventContext) Message() []byte { return e.c.Message }
+
+// Key is the event_id.
+func (e *EventContext) Key() string { return e.c.EventID }
+
+// Header holds metadata: source_name, schema, table, action, lsn, xid.
+func (e *EventContext) Header() map[string]string {
+	if e.header == nil {
+		e.header = map[string]string{
+			"source_name": e.c.Source,
+			"schema":      e.c.Schema,
+			"table":       e.c.Table,
+			"action":      e.c.Action,
+			"lsn":         lsnString(e.c.LSN),
+			"xid":         strconv.FormatUint(uint64(e.c.XID), 10),
+		}
+	}
+	return e.header
+}
+
+// HandlerRoute is the route the handler was registered with.
+func (e *EventContext) HandlerRoute() string { return e.route }
+
+// WorkerType is the worker's type (SetWorkerType).
+func (e *EventContext) WorkerType() string { return e.workerType }
+
+// Event is the typed view of Message.
+func (e *EventContext) Event() *EventPayload {
+	e.eventOnce.Do(func() {
+		var p EventPayload
+		if err := json.Unmarshal(e.c.Message, &p); err == nil {
+			e.event = &p
+		}
+	})
+	return e.event
+}
+
+// Err returns the error recorded for this event (by SetError, or the
+// handler's returned error once it returned).
+func (e *EventContext) Err() error { return e.err }
+
+// SetError records an error for this event (for logging and tracing). It
+// does not by itself fail the event: return the error to have it retried.
+func (e *EventContext) SetError(err error) { e.err = err }
+
+func lsnString(lsn uint64) string {
+	return fmt.Sprintf("%X/%X", uint32(lsn>>32), uint32(lsn))
+}

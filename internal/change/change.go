@@ -1,0 +1,28 @@
+// Package change defines the unit that flows from a capture engine through
+// the dispatcher to a handler: one row change, already rendered as the JSON
+// event that handlers receive.
+package change
+
+import "time"
+
+// Resolver is told when a change has been resolved: its handler succeeded or
+// it was dead-lettered. Only then may the engine confirm its position.
+type Resolver interface {
+	Done()
+}
+
+// Change is one committed row change of one table.
+type Change struct {
+	Source     string // source name ("" for the default source)
+	Schema     string
+	Table      string
+	Action     string // INSERT, UPDATE, DELETE, TRUNCATE
+	EventID    string // md5 hex, stable across redeliveries
+	Message    []byte // the event JSON handed to handlers
+	PartKey    uint64 // hash of the row's key; changes of one key keep their order
+	LSN        uint64 // commit LSN of the transaction
+	XID        uint32
+	CommitTime time.Time
+	// Pos resolves the change's position once handled. It may be nil.
+	Pos Resolver
+}

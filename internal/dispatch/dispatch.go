@@ -1,0 +1,254 @@
+// Package dispatch runs handlers: each table gets its own set of lanes
+// (goroutines), a change goes to the lane picked by its key so the changes of
+// one row are handled in stream order, and a failed handler is retried with
+// exponential backoff and finally dead-lettered. A change is resolved (its
+// position may be confirmed) only after its handler succeeded or it was
+// dead-lettered.
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgcdc/pgcdc/internal/change"
+)
+
+// Handler handles one change. A returned error (or a panic) is retried.
+type Handler func(ctx context.Context, c *change.Change) error
+
+// RetryPolicy says how often and how fast a failed handler is retried.
+type RetryPolicy struct {
+	MaxRetries int           // retries after the first attempt; 0 means none
+	MinBackoff time.Duration // wait before the first retry
+	MaxBackoff time.Duration // cap of the doubling wait
+}
+
+// Backoff returns the wait before retry number n (1-based).
+func (p RetryPolicy) Backoff(n int) time.Duration {
+	d := p.MinBackoff
+	for i := 1; i < n && d < p.MaxBackoff; i++ {
+		d *= 2
+	}
+	if p.MaxBackoff > 0 && d > p.MaxBackoff {
+		d = p.MaxBackoff
+	}
+	return d
+}
+
+// Route is what handles one table.
+type Route struct {
+	Name    string // the route as the user wrote it
+	Handler Handler
+	Lanes   int // concurrent handler goroutines; < 1 means 1
+	Retry   RetryPolicy
+}
+
+// DeadLetter stores a change whose handler kept failing.
+type DeadLetter interface {
+	Store(ctx context.Context, route string, c *change.Change, attempts int, cause error) error
+}
+
+// HandlerError is the error of a handler for one change.
+type HandlerError struct {
+	Route   string
+	EventID string
+	Err     error
+}
+
+func (e *HandlerError) Error() string {
+	return fmt.Sprintf("pgcdc: handler for route %q failed on event %s: %v", e.Route, e.EventID, e.Err)
+}
+
+func (e *HandlerError) Unwrap() error { return e.Err }
+
+// PanicError is what a panicking handler returns.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.Value) }
+
+// Config configures a Dispatcher.
+type Config struct {
+	DeadLetter DeadLetter   // where exhausted changes go; nil means retry for ever (capped backoff)
+	Logger     *slog.Logger // never nil
+	QueueSize  int          // buffered changes per lane; < 1 means 256
+}
+
+// Dispatcher owns the lanes of one source.
+type Dispatcher struct {
+	cfg      Config
+	tables   map[string]*table // key: schema + "." + table
+	stopping atomic.Bool
+	stopped  chan struct{} // closed by Stop: abandon backoffs
+	wg       sync.WaitGroup
+	started  bool
+}
+
+type table struct {
+	route Route
+	lanes []chan *change.Change
+}
+
+// New returns a dispatcher; add routes, then Start it.
+func New(cfg Config) *Dispatcher {
+	if cfg.QueueSize < 1 {
+		cfg.QueueSize = 256
+	}
+	return &Dispatcher{cfg: cfg, tables: map[string]*table{}, stopped: make(chan struct{})}
+}
+
+// Add registers the route of a table. It must be called before Start.
+func (d *Dispatcher) Add(schema, tableName string, r Route) {
+	if r.Lanes < 1 {
+		r.Lanes = 1
+	}
+	t := &table{route: r, lanes: make([]chan *change.Change, r.Lanes)}
+	for i := range t.lanes {
+		t.lanes[i] = make(chan *change.Change, d.cfg.QueueSize)
+	}
+	d.tables[schema+"."+tableName] = t
+}
+
+// Handles reports whether a route is registered for the table.
+func (d *Dispatcher) Handles(schema, tableName string) bool {
+	_, ok := d.tables[schema+"."+tableName]
+	return ok
+}
+
+// Lane returns the channel the change must be sent to, or false when no
+// route handles its table (the caller resolves such a change at once).
+func (d *Dispatcher) Lane(c *change.Change) (chan<- *change.Change, bool) {
+	t, ok := d.tables[c.Schema+"."+c.Table]
+	if !ok {
+		return nil, false
+	}
+	return t.lanes[c.PartKey%uint64(len(t.lanes))], true
+}
+
+// Start launches the lane goroutines. Handlers run with ctx; cancel it to
+// abort them.
+func (d *Dispatcher) Start(ctx context.Context) {
+	d.started = true
+	for _, t := range d.tables {
+		for _, lane := range t.lanes {
+			d.wg.Add(1)
+			go d.run(ctx, t.route, lane)
+		}
+	}
+}
+
+// Stop makes every lane finish the change it is handling and then return,
+// leaving queued changes unresolved (they are delivered again later). It
+// waits for the lanes or for ctx.
+func (d *Dispatcher) Stop(ctx context.Context) error {
+	if d.stopping.CompareAndSwap(false, true) {
+		close(d.stopped)
+		for _, t := range d.tables {
+			for _, lane := range t.lanes {
+				close(lane)
+			}
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		d.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (d *Dispatcher) run(ctx context.Context, r Route, lane <-chan *change.Change) {
+	defer d.wg.Done()
+	for c := range lane {
+		if d.stopping.Load() || ctx.Err() != nil {
+			continue // drain without handling; the stream resends these
+		}
+		if d.handle(ctx, r, c) && c.Pos != nil {
+			c.Pos.Done()
+		}
+	}
+}
+
+// handle runs the handler with retries and dead-lettering. It reports
+// whether the change was resolved.
+func (d *Dispatcher) handle(ctx context.Context, r Route, c *change.Change) bool {
+	var err error
+	attempts := 0
+	for {
+		attempts++
+		err = call(ctx, r.Handler, c)
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		d.cfg.Logger.Warn("pgcdc: handler failed", "route", r.Name, "event_id", c.EventID,
+			"attempt", attempts, "error", err)
+		if attempts > r.Retry.MaxRetries && d.cfg.DeadLetter != nil {
+			break
+		}
+		if !d.wait(ctx, r.Retry.Backoff(attempts)) {
+			return false
+		}
+	}
+	herr := &HandlerError{Route: r.Name, EventID: c.EventID, Err: err}
+	for n := 1; ; n++ {
+		derr := d.cfg.DeadLetter.Store(ctx, r.Name, c, attempts, herr)
+		if derr == nil {
+			d.cfg.Logger.Error("pgcdc: event dead-lettered", "route", r.Name, "event_id", c.EventID,
+				"attempts", attempts, "error", err)
+			return true
+		}
+		d.cfg.Logger.Error("pgcdc: cannot store dead letter; retrying", "route", r.Name,
+			"event_id", c.EventID, "error", derr)
+		if !d.wait(ctx, r.Retry.Backoff(n)) {
+			return false
+		}
+	}
+}
+
+// wait sleeps for dur unless the dispatcher stops or ctx ends first.
+func (d *Dispatcher) wait(ctx context.Context, dur time.Duration) bool {
+	if dur <= 0 {
+		dur = time.Millisecond
+	}
+	t := time.NewTimer(dur)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-d.stopped:
+		return false
+	}
+}
+
+func call(ctx context.Context, h Handler, c *change.Change) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return h(ctx, c)
+}
+
+// IsPanic reports whether err comes from a panicking handler.
+func IsPanic(err error) bool {
+	var p *PanicError
+	return errors.As(err, &p)
+}

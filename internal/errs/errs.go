@@ -1,0 +1,35 @@
+// Package errs holds the sentinel errors shared by the engines and re-exported
+// by the root package, so callers can test them with errors.Is.
+package errs
+
+import "errors"
+
+var (
+	// ErrConfig marks an error in the worker's configuration or routes.
+	ErrConfig = errors.New("pgcdc: invalid configuration")
+	// ErrWALLevel means the server does not run with wal_level=logical.
+	ErrWALLevel = errors.New("pgcdc: wal_level is not logical")
+	// ErrPrivilege means the role lacks a privilege pgcdc needs.
+	ErrPrivilege = errors.New("pgcdc: missing privilege")
+	// ErrTableNotFound means a route names a table that does not exist.
+	ErrTableNotFound = errors.New("pgcdc: table not found")
+	// ErrNoReplicaIdentity means a table has neither a primary key nor a
+	// replica identity, so its UPDATEs and DELETEs cannot be captured.
+	ErrNoReplicaIdentity = errors.New("pgcdc: table has no primary key or replica identity")
+	// ErrSlotLost means the replication slot disappeared or lost WAL that had
+	// not been confirmed: changes may have been missed.
+	ErrSlotLost = errors.New("pgcdc: replication slot lost")
+)
+
+// Fatal wraps an error that reconnecting cannot fix: the engine stops and
+// Serve returns it.
+type Fatal struct{ Err error }
+
+func (f *Fatal) Error() string { return f.Err.Error() }
+func (f *Fatal) Unwrap() error { return f.Err }
+
+// IsFatal reports whether err is (or wraps) a Fatal error.
+func IsFatal(err error) bool {
+	var f *Fatal
+	return errors.As(err, &f)
+}

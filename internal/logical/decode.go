@@ -1,0 +1,250 @@
+package logical
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcdc/pgcdc/internal/change"
+	"github.com/pgcdc/pgcdc/internal/rowjson"
+)
+
+// relation is the decoder's view of one table, rebuilt from every Relation
+// message, so columns added, dropped or retyped mid-stream are followed.
+type relation struct {
+	schema, name string
+	tableJSON    []byte // "name" as a JSON string
+	schemaJSON   []byte
+	cols         []column
+	partIdx      []int // primary key columns: the partition key
+}
+
+type column struct {
+	name  string
+	key   []byte // "name": ready to append
+	typ   uint32
+	ident bool // part of the replica identity key
+}
+
+// decoder turns pgoutput row messages into events. It holds the relation
+// cache and the current transaction's metadata; it does no I/O except to
+// learn the types and primary key of a relation when one is announced.
+type decoder struct {
+	s    *Source
+	rels map[uint32]*relation
+
+	commitLSN  pglogrepl.LSN
+	xid        uint32
+	commitTime time.Time
+	seq        int
+	sourceJSON []byte
+}
+
+func newDecoder(s *Source) *decoder {
+	return &decoder{s: s, rels: map[uint32]*relation{}, sourceJSON: rowjson.AppendString(nil, s.cfg.Name)}
+}
+
+func (d *decoder) begin(m *pglogrepl.BeginMessage) {
+	d.commitLSN, d.xid, d.commitTime, d.seq = m.FinalLSN, m.Xid, m.CommitTime, 0
+}
+
+func (d *decoder) relation(ctx context.Context, pool *pgxpool.Pool, m *pglogrepl.RelationMessage) error {
+	r := &relation{
+		schema: m.Namespace, name: m.RelationName,
+		tableJSON:  rowjson.AppendString(nil, m.RelationName),
+		schemaJSON: rowjson.AppendString(nil, m.Namespace),
+		cols:       make([]column, len(m.Columns)),
+	}
+	oids := make([]uint32, len(m.Columns))
+	for i, c := range m.Columns {
+		key := append(rowjson.AppendString(nil, c.Name), ':')
+		r.cols[i] = column{name: c.Name, key: key, typ: c.DataType, ident: c.Flags&1 != 0}
+		oids[i] = c.DataType
+		d.s.types.Forget(c.DataType) // a type may have changed (ALTER TYPE): learn it again
+	}
+	if err := d.s.types.Resolve(ctx, pool, oids...); err != nil {
+		return fmt.Errorf("source %s: resolving column types of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
+	}
+	rows, err := pool.Query(ctx, `SELECT a.attname FROM pg_index i
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+		WHERE i.indrelid = $1 AND i.indisprimary`, m.RelationID)
+	if err != nil {
+		return fmt.Errorf("source %s: reading primary key of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
+	}
+	pk, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("source %s: reading primary key of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
+	}
+	for i, c := range r.cols {
+		for _, name := range pk {
+			if c.name == name {
+				r.partIdx = append(r.partIdx, i)
+			}
+		}
+	}
+	d.rels[m.RelationID] = r
+	return nil
+}
+
+// change builds the event of one row message; nil when its table is not
+// routed (the message is then skipped and counts as resolved).
+func (d *decoder) change(msg pglogrepl.Message) (*change.Change, error) {
+	d.seq++
+	var relID uint32
+	var action string
+	var oldT, newT *pglogrepl.TupleData
+	var oldIsKey bool
+	switch m := msg.(type) {
+	case *pglogrepl.InsertMessage:
+		relID, action, newT = m.RelationID, "INSERT", m.Tuple
+	case *pglogrepl.UpdateMessage:
+		relID, action, oldT, newT = m.RelationID, "UPDATE", m.OldTuple, m.NewTuple
+		oldIsKey = m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey
+	case *pglogrepl.DeleteMessage:
+		relID, action, oldT = m.RelationID, "DELETE", m.OldTuple
+		oldIsKey = m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey
+	}
+	r, ok := d.rels[relID]
+	if !ok {
+		return nil, fmt.Errorf("source %s: change for relation %d before its Relation message", d.s.label(), relID)
+	}
+	if !d.s.disp.Handles(r.schema, r.name) {
+		return nil, nil
+	}
+	c := &change.Change{
+		Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, Action: action,
+		LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime,
+	}
+	c.EventID = d.eventID()
+	keyT := newT
+	if keyT == nil {
+		keyT = oldT
+	}
+	c.PartKey = partKey(r, keyT)
+	c.Message = d.message(r, c, oldT, newT, oldIsKey)
+	return c, nil
+}
+
+// eventID is md5(source identity / commit LSN / position in the transaction):
+// the same for the same change however often it is delivered.
+func (d *decoder) eventID() string {
+	var buf [96]byte
+	b := append(buf[:0], d.s.sourceID...)
+	b = append(b, '/')
+	b = strconv.AppendUint(b, uint64(d.commitLSN), 16)
+	b = append(b, '/')
+	b = strconv.AppendInt(b, int64(d.seq), 10)
+	sum := md5.Sum(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func partKey(r *relation, t *pglogrepl.TupleData) uint64 {
+	if len(r.partIdx) == 0 || t == nil {
+		return 0 // no key: one lane keeps the table's order
+	}
+	h := fnv.New64a()
+	for _, i := range r.partIdx {
+		if i < len(t.Columns) {
+			h.Write(t.Columns[i].Data)
+		}
+		h.Write([]byte{0})
+	}
+	return h.Sum64()
+}
+
+func (d *decoder) message(r *relation, c *change.Change, oldT, newT *pglogrepl.TupleData, oldIsKey bool) []byte {
+	b := make([]byte, 0, 256)
+	b = append(b, `{"event_id":"`...)
+	b = append(b, c.EventID...)
+	b = append(b, `","table":`...)
+	b = append(b, r.tableJSON...)
+	b = append(b, `,"action":"`...)
+	b = append(b, c.Action...)
+	b = append(b, `","data":{"old":`...)
+	var unchanged []string
+	b = d.appendRow(b, r, oldT, nil, oldIsKey, nil)
+	b = append(b, `,"new":`...)
+	b = d.appendRow(b, r, newT, oldT, false, &unchanged)
+	b = append(b, `},"schema":`...)
+	b = append(b, r.schemaJSON...)
+	b = append(b, `,"source":`...)
+	b = append(b, d.sourceJSON...)
+	b = append(b, `,"lsn":"`...)
+	b = append(b, d.commitLSN.String()...)
+	b = append(b, `","xid":`...)
+	b = strconv.AppendUint(b, uint64(d.xid), 10)
+	b = append(b, `,"commit_time":"`...)
+	b = d.commitTime.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, '"')
+	if len(unchanged) > 0 {
+		b = append(b, `,"unchanged_toast":[`...)
+		for i, name := range unchanged {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = rowjson.AppendString(b, name)
+		}
+		b = append(b, ']')
+	}
+	return append(b, '}')
+}
+
+// appendRow renders a tuple as a JSON object (null when absent). keyOnly
+// limits it to replica identity columns (an old key tuple). An unchanged
+// TOASTed value is taken from fallback (the old row) when it has it;
+// otherwise the column is left out and its name added to unchanged.
+func (d *decoder) appendRow(b []byte, r *relation, t, fallback *pglogrepl.TupleData, keyOnly bool, unchanged *[]string) []byte {
+	if t == nil {
+		return append(b, "null"...)
+	}
+	b = append(b, '{')
+	first := true
+	for i, col := range t.Columns {
+		if i >= len(r.cols) {
+			break
+		}
+		rc := &r.cols[i]
+		if keyOnly && !rc.ident {
+			continue
+		}
+		kind, data := col.DataType, col.Data
+		if kind == pglogrepl.TupleDataTypeToast {
+			if fallback != nil && i < len(fallback.Columns) && fallback.Columns[i].DataType == pglogrepl.TupleDataTypeText {
+				kind, data = pglogrepl.TupleDataTypeText, fallback.Columns[i].Data
+			} else {
+				if unchanged != nil {
+					*unchanged = append(*unchanged, rc.name)
+				}
+				continue
+			}
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, rc.key...)
+		switch kind {
+		case pglogrepl.TupleDataTypeNull:
+			b = append(b, "null"...)
+		case pglogrepl.TupleDataTypeText:
+			out, err := d.s.types.AppendValue(b, rc.typ, data)
+			if err != nil {
+				d.s.cfg.Logger.Error("pgcdc: cannot render value; delivering its text as a string",
+					"table", r.schema+"."+r.name, "column", rc.name, "type_oid", rc.typ, "error", err)
+				out = rowjson.AppendString(b, string(data))
+			}
+			b = out
+		default: // binary: not requested; render as text to stay lossless
+			b = rowjson.AppendString(b, string(data))
+		}
+	}
+	return append(b, '}')
+}

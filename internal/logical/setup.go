@@ -1,0 +1,195 @@
+package logical
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcdc/pgcdc/internal/errs"
+	"github.com/pgcdc/pgcdc/internal/pgident"
+)
+
+// tableInfo is what the checks learn of a routed table.
+type tableInfo struct {
+	oid      uint32
+	identity byte // relreplident: d, f, i, n
+	hasPK    bool
+}
+
+func fatalf(sentinel error, format string, args ...any) error {
+	return &errs.Fatal{Err: fmt.Errorf("%w: "+format, append([]any{sentinel}, args...)...)}
+}
+
+// check verifies, before anything is created, that the server and the
+// tables allow logical capture, and says what to change when they do not.
+func (s *Source) check(ctx context.Context, pool *pgxpool.Pool) error {
+	var walLevel, user, db string
+	var canReplicate bool
+	err := pool.QueryRow(ctx, `SELECT current_setting('wal_level'), current_user, current_database(),
+		(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)`).
+		Scan(&walLevel, &user, &db, &canReplicate)
+	if err != nil {
+		return fmt.Errorf("source %s: checking server settings: %w", s.label(), err)
+	}
+	s.database = db
+	if walLevel != "logical" {
+		return fatalf(errs.ErrWALLevel, "source %s: the server runs with wal_level=%s; logical replication needs wal_level=logical: run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL (or use the trigger capture mode)", s.label(), walLevel)
+	}
+	if !canReplicate {
+		return fatalf(errs.ErrPrivilege, "source %s: role %q has no REPLICATION privilege: run ALTER ROLE %s WITH REPLICATION as a superuser", s.label(), user, pgident.Quote(user))
+	}
+	var problems []error
+	s.tables = map[string]tableInfo{}
+	for _, t := range s.cfg.Tables {
+		var ti tableInfo
+		var ident string
+		err := pool.QueryRow(ctx, `SELECT c.oid, c.relreplident::text,
+				EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, t.Schema, t.Table).
+			Scan(&ti.oid, &ident, &ti.hasPK)
+		if errors.Is(err, pgx.ErrNoRows) {
+			problems = append(problems, fatalf(errs.ErrTableNotFound, "source %s: route %q: table %s does not exist in database %q (names are case-sensitive, as stored in the catalog)", s.label(), t.Route.Name, pgident.Qualified(t.Schema, t.Table), db))
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("source %s: looking up table %s: %w", s.label(), pgident.Qualified(t.Schema, t.Table), err)
+		}
+		ti.identity = ident[0]
+		if ti.identity == 'n' || (ti.identity == 'd' && !ti.hasPK) {
+			problems = append(problems, fatalf(errs.ErrNoReplicaIdentity, "source %s: table %s has no primary key and no replica identity, so PostgreSQL would reject its UPDATEs and DELETEs once it is published: add a primary key or run ALTER TABLE %s REPLICA IDENTITY FULL", s.label(), pgident.Qualified(t.Schema, t.Table), pgident.Qualified(t.Schema, t.Table)))
+			continue
+		}
+		s.tables[t.Schema+"."+t.Table] = ti
+	}
+	return errors.Join(problems...)
+}
+
+// ensurePublication creates the publication for the routed tables, or
+// brings an existing one to exactly that set.
+func (s *Source) ensurePublication(ctx context.Context, pool *pgxpool.Pool) error {
+	want := make([]string, 0, len(s.cfg.Tables))
+	for _, t := range s.cfg.Tables {
+		want = append(want, pgident.Qualified(t.Schema, t.Table))
+	}
+	slices.Sort(want)
+	list := strings.Join(want, ", ")
+	name := pgident.Quote(s.cfg.Publication)
+
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, s.cfg.Publication).Scan(&exists); err != nil {
+		return fmt.Errorf("source %s: looking up publication: %w", s.label(), err)
+	}
+	if !exists {
+		if _, err := pool.Exec(ctx, "CREATE PUBLICATION "+name+" FOR TABLE "+list); err != nil {
+			return s.privilegeHint(fmt.Errorf("source %s: creating publication %s: %w", s.label(), name, err))
+		}
+		s.cfg.Logger.Info("pgcdc: created publication", "source", s.cfg.Name, "publication", s.cfg.Publication, "tables", list)
+		return nil
+	}
+	rows, err := pool.Query(ctx, `SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1`, s.cfg.Publication)
+	if err != nil {
+		return fmt.Errorf("source %s: reading publication: %w", s.label(), err)
+	}
+	have, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
+		var sch, tab string
+		err := r.Scan(&sch, &tab)
+		return pgident.Qualified(sch, tab), err
+	})
+	if err != nil {
+		return fmt.Errorf("source %s: reading publication: %w", s.label(), err)
+	}
+	slices.Sort(have)
+	if slices.Equal(have, want) {
+		return nil
+	}
+	if _, err := pool.Exec(ctx, "ALTER PUBLICATION "+name+" SET TABLE "+list); err != nil {
+		return s.privilegeHint(fmt.Errorf("source %s: updating publication %s: %w", s.label(), name, err))
+	}
+	s.cfg.Logger.Info("pgcdc: updated publication", "source", s.cfg.Name, "publication", s.cfg.Publication, "tables", list)
+	return nil
+}
+
+func (s *Source) privilegeHint(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		return fatalf(errs.ErrPrivilege, "%v (creating a publication needs CREATE on the database and ownership of the tables; a superuser can create it once: CREATE PUBLICATION %s FOR TABLE ...)", err, pgident.Quote(s.cfg.Publication))
+	}
+	return err
+}
+
+// slotState is what pg_replication_slots says of our slot.
+type slotState struct {
+	exists    bool
+	plugin    string
+	database  string
+	walStatus string
+	confirmed pglogrepl.LSN
+}
+
+func (s *Source) readSlot(ctx context.Context, pool *pgxpool.Pool) (slotState, error) {
+	var st slotState
+	var plugin, database, walStatus *string
+	var confirmed *string
+	err := pool.QueryRow(ctx, `SELECT plugin, database, wal_status, confirmed_flush_lsn::text
+		FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&plugin, &database, &walStatus, &confirmed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return st, nil
+	}
+	if err != nil {
+		return st, fmt.Errorf("source %s: reading replication slot: %w", s.label(), err)
+	}
+	st.exists = true
+	st.plugin, st.database, st.walStatus = deref(plugin), deref(database), deref(walStatus)
+	if confirmed != nil {
+		st.confirmed, _ = pglogrepl.ParseLSN(*confirmed)
+	}
+	return st, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// ensureSlot creates the slot when missing. A slot that existed before and
+// is gone now, or that lost WAL, is an error: changes may have been missed.
+func (s *Source) ensureSlot(ctx context.Context, pool *pgxpool.Pool, conn *pgconn.PgConn) error {
+	st, err := s.readSlot(ctx, pool)
+	if err != nil {
+		return err
+	}
+	switch {
+	case st.exists && st.walStatus == "lost":
+		return fatalf(errs.ErrSlotLost, "source %s: replication slot %q has wal_status 'lost': the server removed WAL it had not yet delivered, so changes were missed; drop the slot (SELECT pg_drop_replication_slot('%s')) to start again from now, and raise max_slot_wal_keep_size", s.label(), s.cfg.Slot, s.cfg.Slot)
+	case st.exists && (st.plugin != "pgoutput" || st.database != s.database):
+		return fatalf(errs.ErrConfig, "source %s: replication slot %q exists but belongs to plugin %q in database %q, not pgoutput in %q: choose another worker type or drop that slot", s.label(), s.cfg.Slot, st.plugin, st.database, s.database)
+	case st.exists:
+		s.hadSlot = true
+		return nil
+	case s.hadSlot && !s.cfg.RecreateLostSlot:
+		return fatalf(errs.ErrSlotLost, "source %s: replication slot %q was dropped while pgcdc used it: changes made since then were not captured; restart to create a new slot from now (or enable slot re-creation)", s.label(), s.cfg.Slot)
+	}
+	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, s.cfg.Slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created by a racing instance
+			s.hadSlot = true
+			return nil
+		}
+		return fmt.Errorf("source %s: creating replication slot %q: %w", s.label(), s.cfg.Slot, err)
+	}
+	s.hadSlot = true
+	s.cfg.Logger.Info("pgcdc: created replication slot", "source", s.cfg.Name, "slot", s.cfg.Slot, "consistent_point", res.ConsistentPoint)
+	return nil
+}

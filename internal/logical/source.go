@@ -1,0 +1,326 @@
+// Package logical is the logical-replication capture engine: it keeps one
+// publication and one pgoutput replication slot per source, streams the
+// committed changes of the routed tables, hands them to the dispatcher and
+// confirms to PostgreSQL only the position below which every change has been
+// resolved.
+package logical
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcdc/pgcdc/internal/checkpoint"
+	"github.com/pgcdc/pgcdc/internal/dispatch"
+	"github.com/pgcdc/pgcdc/internal/errs"
+	"github.com/pgcdc/pgcdc/internal/rowjson"
+)
+
+// Table is one routed table of a source.
+type Table struct {
+	Schema, Table string
+	Route         dispatch.Route
+}
+
+// Locker grants the exclusive right to stream a slot.
+type Locker interface {
+	Lock(ctx context.Context, key string) (held context.Context, release func(), err error)
+}
+
+// Config configures a Source.
+type Config struct {
+	Name        string // source name, "" for the default source
+	DSN         string
+	Slot        string
+	Publication string
+	Tables      []Table
+	// ConfigureConn, if set, adjusts every connection config before use.
+	ConfigureConn func(*pgconn.Config)
+	DeadLetter    dispatch.DeadLetter // nil: retry failed handlers for ever
+	// NewDeadLetter builds the dead-letter store on the source's pool when
+	// DeadLetter is nil.
+	NewDeadLetter    func(ctx context.Context, pool *pgxpool.Pool) (dispatch.DeadLetter, error)
+	MinReconnect     time.Duration
+	MaxReconnect     time.Duration
+	StatusInterval   time.Duration // forced standby status period; 0 means 10s
+	OnError          func(error)
+	Locker           Locker
+	RecreateLostSlot bool
+	Logger           *slog.Logger
+}
+
+// Source streams one database.
+type Source struct {
+	cfg      Config
+	database string
+	sourceID string // system identifier + database: part of every event_id
+	tables   map[string]tableInfo
+	hadSlot  bool
+	types    *rowjson.Types
+	tracker  *checkpoint.Tracker
+	disp     *dispatch.Dispatcher
+	lag      atomic.Int64
+}
+
+// New returns a source; Run starts it.
+func New(cfg Config) *Source {
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Source{cfg: cfg, types: rowjson.NewTypes()}
+}
+
+func (s *Source) label() string {
+	if s.cfg.Name == "" {
+		return "default"
+	}
+	return fmt.Sprintf("%q", s.cfg.Name)
+}
+
+// LagBytes is the distance in bytes between the server's WAL end last seen
+// and the confirmed position, or -1 before the first connection.
+func (s *Source) LagBytes() int64 { return s.lag.Load() }
+
+// Run streams until ctx is done (handlers are cancelled), stop is closed
+// (handlers finish, the final position is confirmed) or a fatal error. It
+// reconnects with backoff after connection errors.
+func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
+	s.lag.Store(-1)
+	readCtx, cancelRead := context.WithCancel(ctx)
+	defer cancelRead()
+	go func() {
+		select {
+		case <-stop:
+			cancelRead()
+		case <-readCtx.Done():
+		}
+	}()
+
+	var lastErr error
+	delay := s.cfg.MinReconnect
+	for attempt := 0; ; attempt++ {
+		err := s.session(ctx, readCtx)
+		if readCtx.Err() != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return nil
+		}
+		if errs.IsFatal(err) {
+			return err
+		}
+		if err == nil {
+			err = errors.New("replication stream ended")
+		}
+		if errors.Is(err, errSlotBusy) {
+			s.cfg.Logger.Info("pgcdc: replication slot in use by another process; standing by", "source", s.cfg.Name, "slot", s.cfg.Slot)
+			delay = s.cfg.MinReconnect
+		} else {
+			s.cfg.Logger.Warn("pgcdc: source disconnected; reconnecting", "source", s.cfg.Name, "error", err, "retry_in", delay)
+			if s.cfg.OnError != nil {
+				s.cfg.OnError(err)
+			}
+			if lastErr != nil {
+				delay = min(delay*2, s.cfg.MaxReconnect)
+			}
+		}
+		lastErr = err
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-readCtx.Done():
+			t.Stop()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return nil
+		}
+	}
+}
+
+var errSlotBusy = errors.New("replication slot is in use by another process")
+
+func (s *Source) connConfig(replication bool) (*pgconn.Config, error) {
+	cfg, err := pgconn.ParseConfig(s.cfg.DSN)
+	if err != nil {
+		return nil, &errs.Fatal{Err: fmt.Errorf("%w: source %s: cannot parse DSN: %v", errs.ErrConfig, s.label(), redact(err))}
+	}
+	for k, v := range rowjson.SessionParams() {
+		cfg.RuntimeParams[k] = v
+	}
+	if replication {
+		cfg.RuntimeParams["replication"] = "database"
+	}
+	cfg.RuntimeParams["application_name"] = "pgcdc"
+	if s.cfg.ConfigureConn != nil {
+		s.cfg.ConfigureConn(cfg)
+	}
+	return cfg, nil
+}
+
+// redact keeps only the error's type of message: pgconn's parse errors can
+// quote the DSN, which may hold a password.
+func redact(err error) error {
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) {
+		return errors.New("invalid connection string (check its syntax; the string itself is not shown because it may contain a password)")
+	}
+	return err
+}
+
+// session is one connection's life: setup, stream, and on the way out,
+// wait for the in-flight changes and confirm the final position.
+func (s *Source) session(ctx, readCtx context.Context) (err error) {
+	pcfg, err := s.connConfig(false)
+	if err != nil {
+		return err
+	}
+	poolCfg, err := pgxpool.ParseConfig("")
+	if err != nil {
+		return err
+	}
+	poolCfg.ConnConfig.Config = *pcfg
+	poolCfg.MaxConns = 4
+	pool, err := pgxpool.NewWithConfig(readCtx, poolCfg)
+	if err != nil {
+		return fmt.Errorf("source %s: %w", s.label(), err)
+	}
+	defer pool.Close()
+
+	if err := s.check(readCtx, pool); err != nil {
+		return err
+	}
+	if err := s.ensurePublication(readCtx, pool); err != nil {
+		return err
+	}
+
+	if s.cfg.Locker != nil {
+		held, release, err := s.cfg.Locker.Lock(readCtx, "pgcdc:"+s.database+":"+s.cfg.Slot)
+		if err != nil {
+			return fmt.Errorf("source %s: acquiring lock: %w", s.label(), err)
+		}
+		defer release()
+		var cancel context.CancelFunc
+		readCtx, cancel = context.WithCancel(readCtx)
+		defer cancel()
+		go func() {
+			select {
+			case <-held.Done():
+			case <-readCtx.Done():
+			}
+			cancel()
+		}()
+	}
+
+	rcfg, err := s.connConfig(true)
+	if err != nil {
+		return err
+	}
+	conn, err := pgconn.ConnectConfig(readCtx, rcfg)
+	if err != nil {
+		return fmt.Errorf("source %s: replication connection: %w", s.label(), err)
+	}
+	defer conn.Close(context.Background())
+
+	sys, err := pglogrepl.IdentifySystem(readCtx, conn)
+	if err != nil {
+		return fmt.Errorf("source %s: IDENTIFY_SYSTEM: %w", s.label(), err)
+	}
+	s.sourceID = sys.SystemID + "/" + s.database
+	if err := s.ensureSlot(readCtx, pool, conn); err != nil {
+		return err
+	}
+	slot, err := s.readSlot(readCtx, pool)
+	if err != nil {
+		return err
+	}
+	start := slot.confirmed
+	if s.tracker != nil {
+		start = max(start, pglogrepl.LSN(s.tracker.Confirmed()))
+	}
+	s.tracker = checkpoint.New(uint64(start))
+
+	err = pglogrepl.StartReplication(readCtx, conn, s.cfg.Slot, start, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names " + quoteLiteral(s.cfg.Publication)},
+	})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
+			return errSlotBusy
+		}
+		return fmt.Errorf("source %s: START_REPLICATION: %w", s.label(), err)
+	}
+	if err := s.startDispatcher(ctx, pool); err != nil {
+		return err
+	}
+	s.cfg.Logger.Info("pgcdc: streaming", "source", s.cfg.Name, "slot", s.cfg.Slot, "from", start)
+
+	st := &stream{s: s, conn: conn, pool: pool, dec: newDecoder(s), tracker: s.tracker}
+	err = st.run(readCtx)
+	return s.finish(ctx, readCtx, conn, err)
+}
+
+func (s *Source) startDispatcher(ctx context.Context, pool *pgxpool.Pool) error {
+	dl := s.cfg.DeadLetter
+	if dl == nil && s.cfg.NewDeadLetter != nil {
+		var err error
+		if dl, err = s.cfg.NewDeadLetter(ctx, pool); err != nil {
+			return &errs.Fatal{Err: fmt.Errorf("source %s: %w", s.label(), err)}
+		}
+	}
+	s.disp = dispatch.New(dispatch.Config{DeadLetter: dl, Logger: s.cfg.Logger})
+	for _, t := range s.cfg.Tables {
+		s.disp.Add(t.Schema, t.Table, t.Route)
+	}
+	s.disp.Start(ctx)
+	return nil
+}
+
+// finish ends a session: in-flight handlers end (cancelled only when ctx
+// is), queued changes are left for the next session, and the final position
+// is confirmed if the connection still works. The next session resumes from
+// that position, so nothing unresolved is skipped.
+func (s *Source) finish(ctx, readCtx context.Context, conn *pgconn.PgConn, cause error) error {
+	stopCtx := ctx
+	if ctx.Err() != nil {
+		stopCtx = context.Background()
+	}
+	_ = s.disp.Stop(stopCtx)
+	s.disp = nil
+	if !conn.IsClosed() {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		pos := pglogrepl.LSN(s.tracker.Confirmed())
+		if err := pglogrepl.SendStandbyStatusUpdate(fctx, conn, pglogrepl.StandbyStatusUpdate{
+			WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos,
+		}); err == nil {
+			_, _ = pglogrepl.SendStandbyCopyDone(fctx, conn)
+		}
+	}
+	s.tracker = checkpoint.New(s.tracker.Confirmed())
+	if readCtx.Err() != nil {
+		return nil
+	}
+	return cause
+}
+
+func quoteLiteral(s string) string {
+	out := []byte{'\''}
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\'' {
+			out = append(out, '\'')
+		}
+		out = append(out, s[i])
+	}
+	return string(append(out, '\''))
+}

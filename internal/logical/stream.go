@@ -1,0 +1,179 @@
+package logical
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcdc/pgcdc/internal/change"
+	"github.com/pgcdc/pgcdc/internal/checkpoint"
+)
+
+// stream is the read loop of one replication connection. It is the only
+// goroutine that uses conn.
+type stream struct {
+	s       *Source
+	conn    *pgconn.PgConn
+	pool    *pgxpool.Pool
+	dec     *decoder
+	tracker *checkpoint.Tracker
+
+	txn        *checkpoint.Txn
+	received   pglogrepl.LSN // highest WAL position received
+	serverEnd  pglogrepl.LSN // server's WAL end from the last message
+	sentFlush  pglogrepl.LSN
+	lastStatus time.Time
+}
+
+// minStatusGap limits how often a moved position is reported.
+const minStatusGap = 100 * time.Millisecond
+
+func (st *stream) run(ctx context.Context) error {
+	st.sentFlush = pglogrepl.LSN(st.tracker.Confirmed())
+	st.lastStatus = time.Now()
+	for {
+		if err := st.maybeSendStatus(ctx, false); err != nil {
+			return err
+		}
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		msg, err := st.conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) && ctx.Err() == nil {
+				continue
+			}
+			return fmt.Errorf("source %s: receive: %w", st.s.label(), err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := st.copyData(ctx, m.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("source %s: server error: %w", st.s.label(), pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.CopyDone:
+			return fmt.Errorf("source %s: server ended the replication stream", st.s.label())
+		}
+	}
+}
+
+func (st *stream) copyData(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("source %s: %w", st.s.label(), err)
+		}
+		st.serverEnd = max(st.serverEnd, ka.ServerWALEnd)
+		// Everything up to the server's position that was sent has been
+		// read; if nothing is unresolved, nothing up to there concerns us.
+		if st.txn == nil {
+			st.tracker.Idle(uint64(ka.ServerWALEnd))
+		}
+		return st.maybeSendStatus(ctx, ka.ReplyRequested)
+	case pglogrepl.XLogDataByteID:
+		x, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("source %s: %w", st.s.label(), err)
+		}
+		st.received = max(st.received, x.WALStart+pglogrepl.LSN(len(x.WALData)))
+		st.serverEnd = max(st.serverEnd, x.ServerWALEnd)
+		return st.logical(ctx, x.WALData)
+	}
+	return nil
+}
+
+// logical handles one pgoutput message.
+func (st *stream) logical(ctx context.Context, data []byte) error {
+	msg, err := pglogrepl.Parse(data)
+	if err != nil {
+		return fmt.Errorf("source %s: decoding pgoutput: %w", st.s.label(), err)
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.BeginMessage:
+		st.txn = st.tracker.Open()
+		st.dec.begin(m)
+	case *pglogrepl.CommitMessage:
+		if st.txn != nil {
+			st.txn.Seal(uint64(m.TransactionEndLSN))
+			st.txn = nil
+		}
+	case *pglogrepl.RelationMessage:
+		return st.dec.relation(ctx, st.pool, m)
+	case *pglogrepl.InsertMessage, *pglogrepl.UpdateMessage, *pglogrepl.DeleteMessage:
+		c, err := st.dec.change(m)
+		if err != nil {
+			return err
+		}
+		if c != nil {
+			return st.deliver(ctx, c)
+		}
+	}
+	return nil
+}
+
+// deliver hands a change to its lane, answering the server meanwhile so a
+// slow handler does not get the connection dropped.
+func (st *stream) deliver(ctx context.Context, c *change.Change) error {
+	lane, ok := st.s.disp.Lane(c)
+	if !ok || st.txn == nil {
+		return nil
+	}
+	st.txn.Add(1)
+	c.Pos = st.txn
+	select {
+	case lane <- c:
+		return nil
+	default:
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case lane <- c:
+			return nil
+		case <-tick.C:
+			if err := st.maybeSendStatus(ctx, false); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// maybeSendStatus reports the confirmed position when it moved (at most
+// every minStatusGap), when the server asks, and every StatusInterval.
+func (st *stream) maybeSendStatus(ctx context.Context, force bool) error {
+	flush := pglogrepl.LSN(st.tracker.Confirmed())
+	now := time.Now()
+	since := now.Sub(st.lastStatus)
+	if !force && since < st.s.cfg.StatusInterval && (flush == st.sentFlush || since < minStatusGap) {
+		return nil
+	}
+	if end := max(st.serverEnd, st.received); end > flush {
+		st.s.lag.Store(int64(end - flush))
+	} else {
+		st.s.lag.Store(0)
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, st.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: max(st.received, flush),
+		WALFlushPosition: flush,
+		WALApplyPosition: flush,
+		ClientTime:       now,
+	})
+	if err != nil {
+		return fmt.Errorf("source %s: sending standby status: %w", st.s.label(), err)
+	}
+	st.sentFlush = flush
+	st.lastStatus = now
+	return nil
+}

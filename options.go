@@ -1,0 +1,242 @@
+package pgcdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// OptionFunc configures a Worker. Options only record values; NewWorker
+// checks them all at once.
+type OptionFunc func(*option)
+
+// Locker grants one worker instance the exclusive right to stream a source.
+// Lock blocks until the lock named key is held or ctx is done. The returned
+// held context is cancelled when the lock is lost (the instance then stops
+// streaming and tries to take it again); release frees the lock.
+//
+// Without a Locker, the replication slot itself is the lock: PostgreSQL lets
+// one connection read a slot at a time, and other instances stand by.
+type Locker interface {
+	Lock(ctx context.Context, key string) (held context.Context, release func(), err error)
+}
+
+type source struct {
+	name string
+	dsn  string
+}
+
+type option struct {
+	sources              []source
+	maxGoroutines        int
+	debugMode            bool
+	locker               Locker
+	minReconnectInterval time.Duration
+	maxReconnectInterval time.Duration
+	onErrorConnection    func(error)
+	dbOptions            []func(*pgconn.Config)
+	workerType           string
+	logger               *slog.Logger
+	maxRetries           int
+	maxRetriesSet        bool // 0 is a valid choice
+	minRetryBackoff      time.Duration
+	maxRetryBackoff      time.Duration
+	deadLetterSchema     string
+	deadLetterTable      string
+	deadLetterOff        bool
+}
+
+// Defaults used when an option is not given (or given as zero).
+const (
+	DefaultWorkerType           = "postgres_listener"
+	DefaultMaxGoroutines        = 1
+	DefaultMinReconnectInterval = time.Second
+	DefaultMaxReconnectInterval = 30 * time.Second
+	DefaultMaxRetries           = 5
+	DefaultMinRetryBackoff      = 100 * time.Millisecond
+	DefaultMaxRetryBackoff      = 10 * time.Second
+	DefaultDeadLetterTable      = "public.pgcdc_dead_letters"
+)
+
+// SetPostgresDSN sets the DSN (URL or key=value form) of the default source,
+// whose routes are plain table names. The role needs the REPLICATION
+// attribute (or superuser) and the server wal_level=logical.
+func SetPostgresDSN(dsn string) OptionFunc {
+	return func(o *option) { o.sources = append(o.sources, source{name: "", dsn: dsn}) }
+}
+
+// AddPostgresDSN adds a named source. Route its tables with
+// CreateHandlerRoute(sourceName, table). Each source gets its own
+// publication and replication slot.
+func AddPostgresDSN(sourceName, dsn string) OptionFunc {
+	return func(o *option) { o.sources = append(o.sources, source{name: sourceName, dsn: dsn}) }
+}
+
+// SetMaxGoroutines sets how many handler goroutines run per table (default
+// 1). Changes are partitioned by primary key, so the changes of one row are
+// always handled one at a time, in commit order.
+func SetMaxGoroutines(n int) OptionFunc {
+	return func(o *option) { o.maxGoroutines = n }
+}
+
+// SetDebugMode makes the worker log every delivered event (event_id, table,
+// action; never row values) at Info level. Off by default.
+func SetDebugMode(debug bool) OptionFunc {
+	return func(o *option) { o.debugMode = debug }
+}
+
+// SetLocker sets the lock that elects the one instance streaming each
+// source. See Locker.
+func SetLocker(l Locker) OptionFunc {
+	return func(o *option) { o.locker = l }
+}
+
+// SetMinReconnectInterval sets the first wait before reconnecting after a
+// connection failure (default 1s); the wait doubles up to the maximum.
+func SetMinReconnectInterval(d time.Duration) OptionFunc {
+	return func(o *option) { o.minReconnectInterval = d }
+}
+
+// SetMaxReconnectInterval caps the wait between reconnection attempts
+// (default 30s).
+func SetMaxReconnectInterval(d time.Duration) OptionFunc {
+	return func(o *option) { o.maxReconnectInterval = d }
+}
+
+// SetOnErrorConnectionCallback sets a function called with every connection
+// failure of a source (before the worker reconnects). It is called from the
+// source's goroutine and should return quickly.
+func SetOnErrorConnectionCallback(fn func(error)) OptionFunc {
+	return func(o *option) { o.onErrorConnection = fn }
+}
+
+// SetDBOption adds a function that adjusts the configuration of every
+// connection the worker opens (TLS, dialer, timeouts, runtime parameters).
+// The worker's own session settings are applied before it.
+func SetDBOption(fn func(*pgconn.Config)) OptionFunc {
+	return func(o *option) { o.dbOptions = append(o.dbOptions, fn) }
+}
+
+// SetWorkerType names this worker (default "postgres_listener"). The name is
+// part of the replication slot and publication names, so two workers with
+// different types on one database each get every change.
+func SetWorkerType(name string) OptionFunc {
+	return func(o *option) { o.workerType = name }
+}
+
+// SetLogger sets the structured logger (default slog.Default()).
+func SetLogger(l *slog.Logger) OptionFunc {
+	return func(o *option) { o.logger = l }
+}
+
+// SetMaxRetries sets how many times a failed handler is retried before the
+// event is dead-lettered (default 5; 0 means no retry).
+func SetMaxRetries(n int) OptionFunc {
+	return func(o *option) { o.maxRetries, o.maxRetriesSet = n, true }
+}
+
+// SetRetryBackoff sets the wait before the first retry and its cap; the wait
+// doubles after each attempt (defaults 100ms and 10s).
+func SetRetryBackoff(minWait, maxWait time.Duration) OptionFunc {
+	return func(o *option) { o.minRetryBackoff, o.maxRetryBackoff = minWait, maxWait }
+}
+
+// SetDeadLetterTable sets the table ("schema.table" or "table") in each
+// source database where events whose handler kept failing are stored
+// (default public.pgcdc_dead_letters). It is created when missing.
+func SetDeadLetterTable(name string) OptionFunc {
+	return func(o *option) {
+		o.deadLetterSchema, o.deadLetterTable = splitRoute(name)
+	}
+}
+
+// DisableDeadLetter makes the worker retry a failing handler for ever
+// (with capped backoff) instead of dead-lettering the event: the stream
+// stops advancing until the handler succeeds.
+func DisableDeadLetter() OptionFunc {
+	return func(o *option) { o.deadLetterOff = true }
+}
+
+func (o *option) fill() {
+	if o.maxGoroutines == 0 {
+		o.maxGoroutines = DefaultMaxGoroutines
+	}
+	if o.minReconnectInterval == 0 {
+		o.minReconnectInterval = DefaultMinReconnectInterval
+	}
+	if o.maxReconnectInterval == 0 {
+		o.maxReconnectInterval = max(DefaultMaxReconnectInterval, o.minReconnectInterval)
+	}
+	if o.workerType == "" {
+		o.workerType = DefaultWorkerType
+	}
+	if o.logger == nil {
+		o.logger = slog.Default()
+	}
+	if !o.maxRetriesSet {
+		o.maxRetries = DefaultMaxRetries
+	}
+	if o.minRetryBackoff == 0 {
+		o.minRetryBackoff = DefaultMinRetryBackoff
+	}
+	if o.maxRetryBackoff == 0 {
+		o.maxRetryBackoff = max(DefaultMaxRetryBackoff, o.minRetryBackoff)
+	}
+	if o.deadLetterTable == "" {
+		o.deadLetterSchema, o.deadLetterTable = splitRoute(DefaultDeadLetterTable)
+	}
+}
+
+func (o *option) validate() error {
+	var problems []error
+	bad := func(format string, args ...any) {
+		problems = append(problems, fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...))
+	}
+	if len(o.sources) == 0 {
+		bad("no source: give SetPostgresDSN or AddPostgresDSN")
+	}
+	seen := map[string]bool{}
+	for _, s := range o.sources {
+		label := fmt.Sprintf("source %q", s.name)
+		if s.name == "" {
+			label = "the default source (SetPostgresDSN)"
+		}
+		if seen[s.name] {
+			bad("%s is given more than once", label)
+		}
+		seen[s.name] = true
+		if s.dsn == "" {
+			bad("%s has an empty DSN", label)
+		} else if _, err := pgconn.ParseConfig(s.dsn); err != nil {
+			bad("%s: the DSN cannot be parsed (it is not shown because it may hold a password)", label)
+		}
+	}
+	if o.maxGoroutines < 0 {
+		bad("SetMaxGoroutines(%d): must be at least 1", o.maxGoroutines)
+	}
+	if o.minReconnectInterval < 0 || o.maxReconnectInterval < 0 {
+		bad("reconnect intervals must not be negative")
+	}
+	if o.minReconnectInterval > o.maxReconnectInterval {
+		bad("SetMinReconnectInterval(%s) is above SetMaxReconnectInterval(%s)", o.minReconnectInterval, o.maxReconnectInterval)
+	}
+	if o.maxRetries < 0 {
+		bad("SetMaxRetries(%d): must not be negative", o.maxRetries)
+	}
+	if o.minRetryBackoff < 0 || o.minRetryBackoff > o.maxRetryBackoff {
+		bad("SetRetryBackoff(%s, %s): need 0 <= min <= max", o.minRetryBackoff, o.maxRetryBackoff)
+	}
+	if o.deadLetterTable == "" || o.deadLetterSchema == "" {
+		bad("SetDeadLetterTable: empty schema or table name")
+	}
+	for _, fn := range o.dbOptions {
+		if fn == nil {
+			bad("SetDBOption(nil)")
+		}
+	}
+	return errors.Join(problems...)
+}

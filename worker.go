@@ -1,0 +1,338 @@
+package pgcdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcdc/pgcdc/internal/change"
+	"github.com/pgcdc/pgcdc/internal/deadletter"
+	"github.com/pgcdc/pgcdc/internal/dispatch"
+	"github.com/pgcdc/pgcdc/internal/logical"
+	"github.com/pgcdc/pgcdc/internal/pgident"
+)
+
+// HandlerOption adjusts one route's handling.
+type HandlerOption func(*handlerConfig)
+
+type handlerConfig struct {
+	maxGoroutines int
+	maxRetries    int
+	retriesSet    bool
+}
+
+// WithMaxGoroutines overrides SetMaxGoroutines for one route.
+func WithMaxGoroutines(n int) HandlerOption {
+	return func(c *handlerConfig) { c.maxGoroutines = n }
+}
+
+// WithMaxRetries overrides SetMaxRetries for one route.
+func WithMaxRetries(n int) HandlerOption {
+	return func(c *handlerConfig) { c.maxRetries, c.retriesSet = n, true }
+}
+
+// HandlerGroup collects the routes a module mounts.
+type HandlerGroup struct {
+	handlers []handlerEntry
+}
+
+type handlerEntry struct {
+	route string
+	fn    HandlerFunc
+	opts  []HandlerOption
+}
+
+// Add registers fn for route: "table" (schema public), "schema.table", or
+// CreateHandlerRoute(source, table) for a named source. Route names are as
+// stored in the catalog: case-sensitive, without SQL quotes.
+func (g *HandlerGroup) Add(route string, fn HandlerFunc, opts ...HandlerOption) {
+	g.handlers = append(g.handlers, handlerEntry{route: route, fn: fn, opts: opts})
+}
+
+// Worker streams the changes of the routed tables to their handlers. Create
+// it with NewWorker, register routes with Handle or Mount, then call Serve.
+// Handle and Mount must be called before Serve.
+type Worker struct {
+	opt option
+
+	mu      sync.Mutex
+	group   HandlerGroup
+	state   int // 0 new, 1 serving, 2 closed
+	stop    chan struct{}
+	done    chan struct{}
+	hard    context.CancelFunc
+	sources map[string]*logical.Source
+}
+
+// NewWorker checks the options and returns a worker. It does no I/O; every
+// problem found is returned at once (test with errors.Is(err, ErrConfig)).
+func NewWorker(opts ...OptionFunc) (*Worker, error) {
+	w := &Worker{stop: make(chan struct{}), done: make(chan struct{})}
+	for _, fn := range opts {
+		if fn != nil {
+			fn(&w.opt)
+		}
+	}
+	w.opt.fill()
+	if err := w.opt.validate(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// Mount registers the routes of a module (candi style).
+func (w *Worker) Mount(m interface{ MountHandlers(*HandlerGroup) }) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	m.MountHandlers(&w.group)
+}
+
+// Handle registers fn for one route; see HandlerGroup.Add.
+func (w *Worker) Handle(route string, fn HandlerFunc, opts ...HandlerOption) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.group.Add(route, fn, opts...)
+}
+
+// Serve streams until ctx is done, Shutdown is called, or an error that
+// reconnecting cannot fix (a bad route, wal_level, privileges, a lost slot).
+// It returns nil after Shutdown, ctx.Err() when ctx ended, and the error
+// otherwise. Connection failures are retried (see SetOnErrorConnectionCallback).
+func (w *Worker) Serve(ctx context.Context) error {
+	w.mu.Lock()
+	if w.state != 0 {
+		w.mu.Unlock()
+		return ErrWorkerClosed
+	}
+	plan, err := w.plan()
+	if err != nil {
+		w.mu.Unlock()
+		return err
+	}
+	w.state = 1
+	hardCtx, hard := context.WithCancel(ctx)
+	w.hard = hard
+	w.sources = map[string]*logical.Source{}
+	for _, cfg := range plan {
+		w.sources[cfg.Name] = logical.New(cfg)
+	}
+	w.mu.Unlock()
+	defer close(w.done)
+	defer hard()
+
+	// One failing source stops the others gracefully.
+	stopAll := make(chan struct{})
+	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stopAll) }) }
+	go func() {
+		select {
+		case <-w.stop:
+			halt()
+		case <-hardCtx.Done():
+		}
+	}()
+	errc := make(chan error, len(w.sources))
+	var wg sync.WaitGroup
+	for _, s := range w.sources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.Run(hardCtx, stopAll)
+			if err != nil && !errors.Is(err, context.Canceled) {
+				halt()
+			}
+			errc <- err
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	var first error
+	for err := range errc {
+		if err != nil && !errors.Is(err, context.Canceled) && first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		return first
+	}
+	return ctx.Err()
+}
+
+// Shutdown stops reading, lets the handlers in flight finish, confirms the
+// position reached and makes Serve return. If ctx ends first, handlers are
+// cancelled and Shutdown returns ctx.Err(). Events not handled are
+// delivered again by the next Serve.
+func (w *Worker) Shutdown(ctx context.Context) error {
+	w.mu.Lock()
+	prev := w.state
+	if w.state != 2 {
+		w.state = 2
+		close(w.stop)
+	}
+	hard := w.hard
+	w.mu.Unlock()
+	if prev == 0 {
+		return nil
+	}
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		hard()
+		<-w.done
+		return ctx.Err()
+	}
+}
+
+// Lag returns the replication lag of a source in bytes: how far the
+// server's WAL is ahead of the position pgcdc has confirmed. It is -1 while
+// the source is not streaming.
+func (w *Worker) Lag(sourceName string) int64 {
+	w.mu.Lock()
+	s := w.sources[sourceName]
+	w.mu.Unlock()
+	if s == nil {
+		return -1
+	}
+	return s.LagBytes()
+}
+
+// Sources describes the configured sources and the names of the slot and
+// publication each one uses.
+func (w *Worker) Sources() []PostgresSource {
+	out := make([]PostgresSource, 0, len(w.opt.sources))
+	for _, s := range w.opt.sources {
+		name := w.slotName(s.name)
+		out = append(out, PostgresSource{Name: s.name, Slot: name, Publication: name})
+	}
+	return out
+}
+
+// slotName is "pgcdc_<worker type>_<source name or default>", reduced to
+// the characters slot names allow.
+func (w *Worker) slotName(source string) string {
+	if source == "" {
+		source = "default"
+	}
+	return pgident.SlotName("pgcdc", w.opt.workerType, source)
+}
+
+// plan turns the routes into one engine configuration per source. It
+// returns every route problem at once.
+func (w *Worker) plan() ([]logical.Config, error) {
+	var problems []error
+	bad := func(format string, args ...any) {
+		problems = append(problems, fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...))
+	}
+	cfgs := map[string]*logical.Config{}
+	var order []string
+	for _, s := range w.opt.sources {
+		c := w.sourceConfig(s)
+		cfgs[s.name] = &c
+		order = append(order, s.name)
+	}
+	seen := map[string]string{}
+	for _, h := range w.group.handlers {
+		src, table := ParseHandlerRoute(h.route)
+		if _, ok := cfgs[src]; !ok && src == "" && len(w.opt.sources) == 1 {
+			src = w.opt.sources[0].name // plain routes go to the only source
+		}
+		cfg, ok := cfgs[src]
+		switch {
+		case !ok && src == "":
+			bad("route %q names no source and there are several: use CreateHandlerRoute(source, %q)", h.route, table)
+			continue
+		case !ok:
+			bad("route %q: source %q was not added (AddPostgresDSN)", h.route, src)
+			continue
+		case h.fn == nil:
+			bad("route %q: nil handler", h.route)
+			continue
+		}
+		schema, name := splitRoute(table)
+		if schema == "" || name == "" {
+			bad("route %q: empty schema or table name", h.route)
+			continue
+		}
+		key := src + "\x00" + schema + "\x00" + name
+		if prev, dup := seen[key]; dup {
+			bad("route %q: table %s already has a handler (route %q)", h.route, pgident.Qualified(schema, name), prev)
+			continue
+		}
+		seen[key] = h.route
+		hc := handlerConfig{maxGoroutines: w.opt.maxGoroutines, maxRetries: w.opt.maxRetries}
+		for _, o := range h.opts {
+			if o != nil {
+				o(&hc)
+			}
+		}
+		if hc.maxGoroutines < 1 || hc.maxRetries < 0 {
+			bad("route %q: WithMaxGoroutines must be at least 1 and WithMaxRetries not negative", h.route)
+			continue
+		}
+		cfg.Tables = append(cfg.Tables, logical.Table{Schema: schema, Table: name, Route: dispatch.Route{
+			Name: h.route, Handler: w.adapt(h.route, h.fn), Lanes: hc.maxGoroutines,
+			Retry: dispatch.RetryPolicy{MaxRetries: hc.maxRetries, MinBackoff: w.opt.minRetryBackoff, MaxBackoff: w.opt.maxRetryBackoff},
+		}})
+	}
+	var out []logical.Config
+	for _, name := range order {
+		if c := cfgs[name]; len(c.Tables) > 0 {
+			out = append(out, *c)
+		}
+	}
+	if len(out) == 0 && len(problems) == 0 {
+		bad("no route: register handlers with Handle or Mount before Serve")
+	}
+	if err := errors.Join(problems...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (w *Worker) sourceConfig(s source) logical.Config {
+	name := w.slotName(s.name)
+	cfg := logical.Config{
+		Name: s.name, DSN: s.dsn, Slot: name, Publication: name,
+		MinReconnect: w.opt.minReconnectInterval, MaxReconnect: w.opt.maxReconnectInterval,
+		OnError: w.opt.onErrorConnection, Logger: w.opt.logger,
+	}
+	if w.opt.locker != nil {
+		cfg.Locker = w.opt.locker
+	}
+	if len(w.opt.dbOptions) > 0 {
+		fns := w.opt.dbOptions
+		cfg.ConfigureConn = func(c *pgconn.Config) {
+			for _, fn := range fns {
+				fn(c)
+			}
+		}
+	}
+	if !w.opt.deadLetterOff {
+		schema, table, wt := w.opt.deadLetterSchema, w.opt.deadLetterTable, w.opt.workerType
+		cfg.NewDeadLetter = func(ctx context.Context, pool *pgxpool.Pool) (dispatch.DeadLetter, error) {
+			return deadletter.Open(ctx, pool, schema, table, wt)
+		}
+	}
+	return cfg
+}
+
+// adapt turns a HandlerFunc into the dispatcher's handler.
+func (w *Worker) adapt(route string, fn HandlerFunc) dispatch.Handler {
+	wt, debug, log := w.opt.workerType, w.opt.debugMode, w.opt.logger
+	return func(ctx context.Context, c *change.Change) error {
+		ec := &EventContext{ctx: ctx, c: c, route: route, workerType: wt}
+		if debug {
+			log.Info("pgcdc: event", "route", route, "event_id", c.EventID, "action", c.Action, "lsn", lsnString(c.LSN))
+		}
+		err := fn(ec)
+		if err != nil {
+			ec.err = err
+		}
+		return err
+	}
+}
