@@ -49,6 +49,13 @@ type Route struct {
 	Retry   RetryPolicy
 }
 
+// Table is one routed table: where its changes come from and what handles
+// them.
+type Table struct {
+	Schema, Table string
+	Route         Route
+}
+
 // DeadLetter stores a change whose handler kept failing.
 type DeadLetter interface {
 	Store(ctx context.Context, route string, c *change.Change, attempts int, cause error) error

@@ -24,10 +24,7 @@ import (
 )
 
 // Table is one routed table of a source.
-type Table struct {
-	Schema, Table string
-	Route         dispatch.Route
-}
+type Table = dispatch.Table
 
 // Locker grants the exclusive right to stream a slot.
 type Locker interface {
