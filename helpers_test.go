@@ -196,13 +196,3 @@ func newWorker(t *testing.T, opts ...pgcdc.OptionFunc) *pgcdc.Worker {
 	}
 	return w
 }
-
-func jsonEqual(a, b []byte) bool {
-	var x, y any
-	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
-		return false
-	}
-	xa, _ := json.Marshal(x)
-	ya, _ := json.Marshal(y)
-	return string(xa) == string(ya)
-}

@@ -299,7 +299,6 @@ func clip(b []byte) string {
 	return string(b)
 }
 
-func quoteLit(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 func TestOracle(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
