@@ -299,7 +299,6 @@ func clip(b []byte) string {
 	return string(b)
 }
 
-
 func TestOracle(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	oracleSchema(t, dsn)
