@@ -48,6 +48,7 @@ type option struct {
 	deadLetterSchema     string
 	deadLetterTable      string
 	deadLetterOff        bool
+	recreateLostSlot     bool
 }
 
 // Defaults used when an option is not given (or given as zero).
@@ -159,6 +160,13 @@ func SetDeadLetterTable(name string) OptionFunc {
 // stops advancing until the handler succeeds.
 func DisableDeadLetter() OptionFunc {
 	return func(o *option) { o.deadLetterOff = true }
+}
+
+// SetRecreateLostSlot lets the worker create a new replication slot when
+// the one it used was dropped or lost its WAL. Changes made in between are
+// missed; without this option (the default) Serve stops with ErrSlotLost.
+func SetRecreateLostSlot(accept bool) OptionFunc {
+	return func(o *option) { o.recreateLostSlot = accept }
 }
 
 func (o *option) fill() {

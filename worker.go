@@ -300,6 +300,7 @@ func (w *Worker) sourceConfig(s source) logical.Config {
 		Name: s.name, DSN: s.dsn, Slot: name, Publication: name,
 		MinReconnect: w.opt.minReconnectInterval, MaxReconnect: w.opt.maxReconnectInterval,
 		OnError: w.opt.onErrorConnection, Logger: w.opt.logger,
+		RecreateLostSlot: w.opt.recreateLostSlot,
 	}
 	if w.opt.locker != nil {
 		cfg.Locker = w.opt.locker

@@ -70,3 +70,57 @@ func (s *Store) Store(ctx context.Context, route string, c *change.Change, attem
 func lsnText(lsn uint64) string {
 	return fmt.Sprintf("%X/%X", uint32(lsn>>32), uint32(lsn))
 }
+
+// Redeliver hands stored dead letters of one worker type and source to
+// handle, oldest first, at most limit (0 means all). A letter whose handler
+// succeeds is deleted; one that fails again stays with the new error and one
+// more attempt. It returns how many were delivered.
+func (s *Store) Redeliver(ctx context.Context, source string, limit int, handle func(context.Context, *change.Change) error) (int, error) {
+	q := `SELECT id, event_id, schema_name, table_name, action, coalesce(lsn::text, '0/0'), payload::text
+		FROM ` + s.table + ` WHERE worker_type = $1 AND source = $2 ORDER BY id`
+	args := []any{s.workerType, source}
+	if limit > 0 {
+		q += ` LIMIT $3`
+		args = append(args, limit)
+	}
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return 0, fmt.Errorf("reading dead letters from %s: %w", s.table, err)
+	}
+	type letter struct {
+		id int64
+		c  change.Change
+	}
+	var letters []letter
+	for rows.Next() {
+		var l letter
+		var lsn, payload string
+		if err := rows.Scan(&l.id, &l.c.EventID, &l.c.Schema, &l.c.Table, &l.c.Action, &lsn, &payload); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("reading dead letters from %s: %w", s.table, err)
+		}
+		var hi, lo uint32
+		if _, err := fmt.Sscanf(lsn, "%X/%X", &hi, &lo); err == nil {
+			l.c.LSN = uint64(hi)<<32 | uint64(lo)
+		}
+		l.c.Source, l.c.Message = source, []byte(payload)
+		letters = append(letters, l)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("reading dead letters from %s: %w", s.table, err)
+	}
+	delivered := 0
+	for _, l := range letters {
+		if herr := handle(ctx, &l.c); herr != nil {
+			if _, err := s.pool.Exec(ctx, `UPDATE `+s.table+` SET error = $2, attempts = attempts + 1 WHERE id = $1`, l.id, herr.Error()); err != nil {
+				return delivered, fmt.Errorf("updating dead letter %d: %w", l.id, err)
+			}
+			continue
+		}
+		if _, err := s.pool.Exec(ctx, `DELETE FROM `+s.table+` WHERE id = $1`, l.id); err != nil {
+			return delivered, fmt.Errorf("deleting redelivered dead letter %d: %w", l.id, err)
+		}
+		delivered++
+	}
+	return delivered, nil
+}

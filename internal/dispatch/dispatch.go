@@ -196,7 +196,7 @@ func (d *Dispatcher) handle(ctx context.Context, r Route, c *change.Change) bool
 	attempts := 0
 	for {
 		attempts++
-		err = call(ctx, r.Handler, c)
+		err = Call(ctx, r.Handler, c)
 		if err == nil {
 			return true
 		}
@@ -245,7 +245,8 @@ func (d *Dispatcher) wait(ctx context.Context, dur time.Duration) bool {
 	}
 }
 
-func call(ctx context.Context, h Handler, c *change.Change) (err error) {
+// Call runs h, turning a panic into a *PanicError.
+func Call(ctx context.Context, h Handler, c *change.Change) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = &PanicError{Value: v, Stack: debug.Stack()}

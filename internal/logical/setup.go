@@ -177,7 +177,15 @@ func (s *Source) ensureSlot(ctx context.Context, pool *pgxpool.Pool, conn *pgcon
 		s.hadSlot = true
 		return nil
 	case s.hadSlot && !s.cfg.RecreateLostSlot:
-		return fatalf(errs.ErrSlotLost, "source %s: replication slot %q was dropped while pgcdc used it: changes made since then were not captured; restart to create a new slot from now (or enable slot re-creation)", s.label(), s.cfg.Slot)
+		return fatalf(errs.ErrSlotLost, "source %s: replication slot %q was dropped while pgcdc used it: changes made since then were not captured; to start again from now, accept the gap with SetRecreateLostSlot(true)", s.label(), s.cfg.Slot)
+	}
+	if mark, err := s.slotMark(ctx, pool); err != nil {
+		return err
+	} else if mark != "" {
+		if !s.cfg.RecreateLostSlot {
+			return fatalf(errs.ErrSlotLost, "source %s: replication slot %q is gone (%s): changes made since its last confirmed position were not captured; to start again from now, accept the gap with SetRecreateLostSlot(true)", s.label(), s.cfg.Slot, mark)
+		}
+		s.cfg.Logger.Error("pgcdc: replication slot was lost; creating a new one from now: changes in between are missed", "source", s.cfg.Name, "slot", s.cfg.Slot, "was", mark)
 	}
 	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, s.cfg.Slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
@@ -190,6 +198,26 @@ func (s *Source) ensureSlot(ctx context.Context, pool *pgxpool.Pool, conn *pgcon
 		return fmt.Errorf("source %s: creating replication slot %q: %w", s.label(), s.cfg.Slot, err)
 	}
 	s.hadSlot = true
+	// Remember on the publication that the slot existed, so a slot dropped
+	// while no pgcdc ran is noticed instead of silently re-created.
+	comment := fmt.Sprintf("pgcdc: slot %s created at %s", s.cfg.Slot, res.ConsistentPoint)
+	if _, err := pool.Exec(ctx, "COMMENT ON PUBLICATION "+pgident.Quote(s.cfg.Publication)+" IS "+quoteLiteral(comment)); err != nil {
+		s.cfg.Logger.Warn("pgcdc: cannot record the slot on the publication; a slot dropped while pgcdc is down will not be detected", "source", s.cfg.Name, "error", err)
+	}
 	s.cfg.Logger.Info("pgcdc: created replication slot", "source", s.cfg.Name, "slot", s.cfg.Slot, "consistent_point", res.ConsistentPoint)
 	return nil
+}
+
+// slotMark returns the publication's record of a slot pgcdc created ("" if
+// none): if the slot is missing now, it was lost.
+func (s *Source) slotMark(ctx context.Context, pool *pgxpool.Pool) (string, error) {
+	var comment *string
+	err := pool.QueryRow(ctx, `SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = $1`, s.cfg.Publication).Scan(&comment)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return "", fmt.Errorf("source %s: reading publication comment: %w", s.label(), err)
+	}
+	if c := deref(comment); strings.HasPrefix(c, "pgcdc: slot "+s.cfg.Slot+" created") {
+		return c, nil
+	}
+	return "", nil
 }
