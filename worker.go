@@ -23,11 +23,19 @@ type handlerConfig struct {
 	maxGoroutines int
 	maxRetries    int
 	retriesSet    bool
+	truncate      bool
 }
 
 // WithMaxGoroutines overrides SetMaxGoroutines for one route.
 func WithMaxGoroutines(n int) HandlerOption {
 	return func(c *handlerConfig) { c.maxGoroutines = n }
+}
+
+// WithTruncate makes TRUNCATE of the route's table an event (action
+// ActionTruncate, old and new null). It is handled after every earlier change
+// of the stream. Without it, TRUNCATE is not delivered.
+func WithTruncate() HandlerOption {
+	return func(c *handlerConfig) { c.truncate = true }
 }
 
 // WithMaxRetries overrides SetMaxRetries for one route.
@@ -276,7 +284,8 @@ func (w *Worker) plan() ([]logical.Config, error) {
 		}
 		cfg.Tables = append(cfg.Tables, logical.Table{Schema: schema, Table: name, Route: dispatch.Route{
 			Name: h.route, Handler: w.adapt(h.route, h.fn), Lanes: hc.maxGoroutines,
-			Retry: dispatch.RetryPolicy{MaxRetries: hc.maxRetries, MinBackoff: w.opt.minRetryBackoff, MaxBackoff: w.opt.maxRetryBackoff},
+			Truncate: hc.truncate,
+			Retry:    dispatch.RetryPolicy{MaxRetries: hc.maxRetries, MinBackoff: w.opt.minRetryBackoff, MaxBackoff: w.opt.maxRetryBackoff},
 		}})
 	}
 	var out []logical.Config

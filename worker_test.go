@@ -435,3 +435,36 @@ func (s *sync64) total() int {
 }
 
 func lookupEnv(k string) (string, bool) { return os.LookupEnv(k) }
+
+func TestTruncateOnlyForRoutesThatOptIn(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	exec(t, dsn, `CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);`)
+	rec := newRecorder()
+	w := newWorker(t, pgcdc.SetPostgresDSN(dsn), pgcdc.SetMaxGoroutines(4))
+	w.Handle("a", rec.handle, pgcdc.WithTruncate())
+	w.Handle("b", rec.handle)
+	serve(t, w)
+	waitStreaming(t, dsn, defaultSlot)
+	exec(t, dsn, `INSERT INTO a SELECT generate_series(1, 50); INSERT INTO b VALUES (1)`)
+	exec(t, dsn, `TRUNCATE a, b`)
+	exec(t, dsn, `INSERT INTO b VALUES (2)`)
+	evs := rec.waitFor(t, time.Minute, "the last insert", func(e []pgcdc.EventPayload) bool {
+		return len(e) > 0 && string(e[len(e)-1].Data.New) == `{"id":2}`
+	})
+	var truncates int
+	for i, ev := range evs {
+		if ev.Action != pgcdc.ActionTruncate {
+			continue
+		}
+		truncates++
+		if ev.Table != "a" || string(ev.Data.Old) != "null" || string(ev.Data.New) != "null" {
+			t.Errorf("truncate event %+v", ev)
+		}
+		if i != 51 {
+			t.Errorf("TRUNCATE handled at position %d; want after the 51 earlier changes", i)
+		}
+	}
+	if truncates != 1 || len(evs) != 53 {
+		t.Fatalf("%d truncate events among %d; want 1 among 53", truncates, len(evs))
+	}
+}

@@ -97,6 +97,14 @@ func (t *Tracker) advance() {
 	}
 }
 
+// Drained reports whether every change before now is resolved: x is the
+// oldest unresolved transaction and has no change pending.
+func (t *Tracker) Drained(x *Txn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.queue) > 0 && t.queue[0] == x && x.pending == 0
+}
+
 // Confirmed is the highest position below which every change is resolved.
 func (t *Tracker) Confirmed() uint64 {
 	t.mu.Lock()

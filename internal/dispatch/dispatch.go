@@ -47,6 +47,8 @@ type Route struct {
 	Handler Handler
 	Lanes   int // concurrent handler goroutines; < 1 means 1
 	Retry   RetryPolicy
+	// Truncate makes TRUNCATE of the table an event for this route.
+	Truncate bool
 }
 
 // Table is one routed table: where its changes come from and what handles
@@ -128,6 +130,12 @@ func (d *Dispatcher) Add(schema, tableName string, r Route) {
 func (d *Dispatcher) Handles(schema, tableName string) bool {
 	_, ok := d.tables[schema+"."+tableName]
 	return ok
+}
+
+// HandlesTruncate reports whether the table's route wants TRUNCATE events.
+func (d *Dispatcher) HandlesTruncate(schema, tableName string) bool {
+	t, ok := d.tables[schema+"."+tableName]
+	return ok && t.route.Truncate
 }
 
 // Lane returns the channel the change must be sent to, or false when no

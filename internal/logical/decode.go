@@ -133,6 +133,27 @@ func (d *decoder) change(msg pglogrepl.Message) (*change.Change, error) {
 	return c, nil
 }
 
+// truncate builds one TRUNCATE event per truncated table whose route asked
+// for them.
+func (d *decoder) truncate(m *pglogrepl.TruncateMessage) []*change.Change {
+	var out []*change.Change
+	for _, id := range m.RelationIDs {
+		d.seq++
+		r, ok := d.rels[id]
+		if !ok || !d.s.disp.HandlesTruncate(r.schema, r.name) {
+			continue
+		}
+		c := &change.Change{
+			Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, Action: "TRUNCATE",
+			LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime,
+		}
+		c.EventID = d.eventID()
+		c.Message = d.message(r, c, nil, nil, false)
+		out = append(out, c)
+	}
+	return out
+}
+
 // eventID is md5(source identity / commit LSN / position in the transaction):
 // the same for the same change however often it is delivered.
 func (d *decoder) eventID() string {

@@ -108,6 +108,17 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 		}
 	case *pglogrepl.RelationMessage:
 		return st.dec.relation(ctx, st.pool, m)
+	case *pglogrepl.TruncateMessage:
+		for _, c := range st.dec.truncate(m) {
+			// Every earlier change must be handled before a TRUNCATE runs:
+			// lanes would otherwise let it overtake them.
+			if err := st.barrier(ctx); err != nil {
+				return err
+			}
+			if err := st.deliver(ctx, c); err != nil {
+				return err
+			}
+		}
 	case *pglogrepl.InsertMessage, *pglogrepl.UpdateMessage, *pglogrepl.DeleteMessage:
 		c, err := st.dec.change(m)
 		if err != nil {
@@ -148,6 +159,21 @@ func (st *stream) deliver(ctx context.Context, c *change.Change) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// barrier waits until every change delivered so far is resolved.
+func (st *stream) barrier(ctx context.Context) error {
+	for st.txn != nil && !st.tracker.Drained(st.txn) {
+		if err := st.maybeSendStatus(ctx, false); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // maybeSendStatus reports the confirmed position when it moved (at most
