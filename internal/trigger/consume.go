@@ -1,0 +1,401 @@
+package trigger
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcdc/pgcdc/internal/change"
+	"github.com/pgcdc/pgcdc/internal/dispatch"
+	"github.com/pgcdc/pgcdc/internal/errs"
+	"github.com/pgcdc/pgcdc/internal/pgident"
+	"github.com/pgcdc/pgcdc/internal/rowjson"
+)
+
+// cleanupTimeout bounds the deletes and releases done when a session ends.
+const cleanupTimeout = 5 * time.Second
+
+// session is one connection's life: install, consume, and on the way out
+// let the handlers in flight end, delete what they resolved and release
+// the other claims.
+func (s *Source) session(ctx, readCtx context.Context) error {
+	pool, err := s.newPool(readCtx, 6)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := Install(readCtx, pool, s.cfg.Schema, s.cfg.Tables); err != nil {
+		return fmt.Errorf("source %s: %w", s.label, err)
+	}
+	if err := s.identify(readCtx, pool); err != nil {
+		return err
+	}
+	if err := s.cleanup(readCtx, pool); err != nil { // leftovers of a failed session
+		return err
+	}
+
+	var dl dispatch.DeadLetter
+	if s.cfg.NewDeadLetter != nil {
+		if dl, err = s.cfg.NewDeadLetter(readCtx, pool); err != nil {
+			return &errs.Fatal{Err: fmt.Errorf("source %s: %w", s.label, err)}
+		}
+	}
+	disp := dispatch.New(dispatch.Config{DeadLetter: dl, Logger: s.cfg.Logger})
+	for _, t := range s.cfg.Tables {
+		disp.Add(t.Schema, t.Table, t.Route)
+	}
+	disp.Start(ctx)
+	s.pool.Store(pool)
+	defer s.pool.Store(nil)
+	s.cfg.Logger.Info("pgcdc: consuming trigger events", "source", s.cfg.Name, "table", pgident.Qualified(s.cfg.Schema, EventTable), "instance", s.instance)
+
+	sessCtx, fail := context.WithCancelCause(readCtx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.deleter(sessCtx, fail, pool) }()
+	go func() { defer wg.Done(); s.heartbeat(sessCtx, fail, pool) }()
+
+	err = s.consume(sessCtx, pool, disp)
+	if cause := context.Cause(sessCtx); err == nil || (cause != nil && !errors.Is(cause, context.Canceled)) {
+		err = cause
+	}
+
+	stopCtx := ctx
+	if ctx.Err() != nil {
+		stopCtx = context.Background()
+	}
+	if disp.Stop(stopCtx) != nil {
+		_ = disp.Stop(context.Background()) // ctx ended meanwhile: handlers are cancelled
+	}
+	fail(context.Canceled)
+	wg.Wait()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if cerr := s.cleanup(cctx, pool); cerr != nil {
+		s.cfg.Logger.Warn("pgcdc: could not release claims; they are released by the next session or expire", "source", s.cfg.Name, "error", cerr)
+	}
+	if readCtx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// identify learns the source identity that event ids derive from.
+func (s *Source) identify(ctx context.Context, pool *pgxpool.Pool) error {
+	var db string
+	var oid uint32
+	err := pool.QueryRow(ctx, `SELECT current_database(), to_regclass($1)::oid, current_setting('track_commit_timestamp')::bool`,
+		pgident.Qualified(s.cfg.Schema, EventTable)).Scan(&db, &oid, &s.commitTS)
+	if err != nil {
+		return fmt.Errorf("source %s: reading source identity: %w", s.label, err)
+	}
+	var sysid string
+	if err := pool.QueryRow(ctx, `SELECT system_identifier::text FROM pg_catalog.pg_control_system()`).Scan(&sysid); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) {
+			return fmt.Errorf("source %s: reading system identifier: %w", s.label, err)
+		}
+		s.cfg.Logger.Warn("pgcdc: cannot read the system identifier; event ids are unique per database and event table only", "source", s.cfg.Name, "error", err)
+		sysid = "unknown"
+	}
+	s.sourceID = sysid + "/" + db + "/trigger/" + strconv.FormatUint(uint64(oid), 10) + "/"
+	return nil
+}
+
+// event is one claimed row of the event table.
+type event struct {
+	id            int64
+	schema, table string
+	action        string
+	rowKey        int64
+	old, new      []byte // row_to_json text; nil for SQL NULL
+	xid           string // xid8 as text
+	commitTime    time.Time
+}
+
+// claimSQL claims up to $3 events of the routed tables ($1, $2) for
+// instance $4 for $5 milliseconds, in id order, skipping any event of a key
+// that has an earlier event outside the batch (claimed by another
+// instance, being claimed right now, or left out) unless that earlier
+// event is validly claimed by this instance. See the package doc.
+func (s *Source) claimSQL() string {
+	t := pgident.Qualified(s.cfg.Schema, EventTable)
+	when := "e.tx_time"
+	if s.commitTS {
+		when = "coalesce(pg_catalog.pg_xact_commit_timestamp(e.xid::xid), e.tx_time)"
+	}
+	return `WITH cand AS (
+	SELECT e.id, e.row_key FROM ` + t + ` e
+	WHERE (e.claimed_until IS NULL OR e.claimed_until < now())
+		AND (e.schema_name, e.table_name) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+	ORDER BY e.id
+	LIMIT $3
+	FOR UPDATE SKIP LOCKED
+), blocked AS (
+	SELECT p.row_key, min(p.id) AS first_id FROM ` + t + ` p
+	WHERE p.row_key IN (SELECT row_key FROM cand)
+		AND p.id < (SELECT max(id) FROM cand)
+		AND NOT EXISTS (SELECT 1 FROM cand c WHERE c.id = p.id)
+		AND (p.claimed_by IS DISTINCT FROM $4 OR p.claimed_until IS NULL OR p.claimed_until < now())
+	GROUP BY p.row_key
+)
+UPDATE ` + t + ` e SET claimed_until = now() + $5 * interval '1 millisecond', claimed_by = $4
+FROM cand c
+WHERE e.id = c.id AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.row_key = c.row_key AND b.first_id < c.id)
+RETURNING e.id, e.schema_name, e.table_name, e.action, e.row_key, e.old::text, e.new::text, e.xid::text, ` + when
+}
+
+// consume claims batches and hands their changes to the lanes until ctx
+// ends or an error.
+func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher) error {
+	sql := s.claimSQL()
+	schemas, names := s.tableArrays()
+	timeoutMs := s.cfg.ClaimTimeout.Milliseconds()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		n, err := s.claim(ctx, pool, disp, sql, schemas, names, timeoutMs)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if n >= s.cfg.BatchSize {
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue // a full batch: more are probably waiting
+		}
+		timer.Reset(s.cfg.PollInterval)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// claim claims one batch and dispatches it; it returns the number claimed.
+func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher, sql string, schemas, names []string, timeoutMs int64) (int, error) {
+	rows, err := pool.Query(ctx, sql, schemas, names, s.cfg.BatchSize, s.instance, timeoutMs)
+	if err != nil {
+		return 0, fmt.Errorf("source %s: claiming events: %w", s.label, err)
+	}
+	var batch []*event
+	for rows.Next() {
+		ev := &event{}
+		if err := rows.Scan(&ev.id, &ev.schema, &ev.table, &ev.action, &ev.rowKey, &ev.old, &ev.new, &ev.xid, &ev.commitTime); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("source %s: reading claimed events: %w", s.label, err)
+		}
+		batch = append(batch, ev)
+	}
+	// The claim is committed even when reading the rows failed halfway:
+	// record what was read as ours so it is released at the session's end.
+	s.mu.Lock()
+	for _, ev := range batch {
+		s.inflight[ev.id] = struct{}{}
+	}
+	s.mu.Unlock()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("source %s: claiming events: %w", s.label, err)
+	}
+	slices.SortFunc(batch, func(a, b *event) int { return cmpInt64(a.id, b.id) })
+	for _, ev := range batch {
+		c := s.change(ev)
+		lane, ok := disp.Lane(c)
+		if !ok {
+			c.Pos.Done() // not routed (cannot happen: the claim filters by table)
+			continue
+		}
+		select {
+		case lane <- c:
+		case <-ctx.Done():
+			return len(batch), nil // the rest is released when the session ends
+		}
+	}
+	return len(batch), nil
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// rowRef resolves one event row: once its change is handled or
+// dead-lettered, the row is deleted.
+type rowRef struct {
+	s  *Source
+	id int64
+}
+
+// Done marks the row for deletion.
+func (r rowRef) Done() { r.s.resolve(r.id) }
+
+func (s *Source) resolve(id int64) {
+	s.mu.Lock()
+	delete(s.inflight, id)
+	s.resolved = append(s.resolved, id)
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// change builds the change and its event JSON, shaped like the logical
+// engine's (without "lsn").
+func (s *Source) change(ev *event) *change.Change {
+	x, _ := strconv.ParseUint(ev.xid, 10, 64)
+	xid := uint32(x) // the 32-bit xid, without the epoch, as in the logical engine
+	var buf [32]byte
+	sum := md5.Sum(strconv.AppendInt(append(buf[:0], s.sourceID...), ev.id, 10))
+	eventID := hex.EncodeToString(sum[:])
+
+	b := make([]byte, 0, 192+len(ev.old)+len(ev.new)+len(ev.table)+len(ev.schema)+len(s.sourceJSON))
+	b = append(b, `{"event_id":"`...)
+	b = append(b, eventID...)
+	b = append(b, `","table":`...)
+	b = rowjson.AppendString(b, ev.table)
+	b = append(b, `,"action":`...)
+	b = rowjson.AppendString(b, ev.action)
+	b = append(b, `,"data":{"old":`...)
+	b = appendJSON(b, ev.old)
+	b = append(b, `,"new":`...)
+	b = appendJSON(b, ev.new)
+	b = append(b, `},"schema":`...)
+	b = rowjson.AppendString(b, ev.schema)
+	b = append(b, `,"source":`...)
+	b = append(b, s.sourceJSON...)
+	b = append(b, `,"xid":`...)
+	b = strconv.AppendUint(b, uint64(xid), 10)
+	b = append(b, `,"commit_time":"`...)
+	b = ev.commitTime.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `"}`...)
+	return &change.Change{
+		Source: s.cfg.Name, Schema: ev.schema, Table: ev.table, Action: ev.action,
+		EventID: eventID, Message: b, PartKey: uint64(ev.rowKey), XID: xid,
+		CommitTime: ev.commitTime, Pos: rowRef{s: s, id: ev.id},
+	}
+}
+
+func appendJSON(b, v []byte) []byte {
+	if v == nil {
+		return append(b, "null"...)
+	}
+	return append(b, v...)
+}
+
+// deleter deletes resolved rows in batches: each delete takes whatever was
+// resolved while the previous one ran.
+func (s *Source) deleter(ctx context.Context, fail context.CancelCauseFunc, pool *pgxpool.Pool) {
+	for {
+		select {
+		case <-s.wake:
+		case <-ctx.Done():
+			return
+		}
+		if err := s.deleteResolved(ctx, pool); err != nil {
+			if ctx.Err() == nil {
+				fail(err)
+			}
+			return
+		}
+	}
+}
+
+func (s *Source) deleteResolved(ctx context.Context, pool *pgxpool.Pool) error {
+	s.mu.Lock()
+	ids := s.resolved
+	s.resolved = nil
+	s.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := pool.Exec(ctx, `DELETE FROM `+pgident.Qualified(s.cfg.Schema, EventTable)+` WHERE id = ANY($1) AND claimed_by = $2`, ids, s.instance)
+	if err != nil {
+		s.mu.Lock()
+		s.resolved = append(s.resolved, ids...)
+		s.mu.Unlock()
+		return fmt.Errorf("source %s: deleting delivered events: %w", s.label, err)
+	}
+	return nil
+}
+
+// heartbeat renews the claims of this instance's unresolved and
+// undeleted rows every ClaimTimeout/3.
+func (s *Source) heartbeat(ctx context.Context, fail context.CancelCauseFunc, pool *pgxpool.Pool) {
+	t := time.NewTicker(max(s.cfg.ClaimTimeout/3, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+		s.mu.Lock()
+		ids := make([]int64, 0, len(s.inflight)+len(s.resolved))
+		for id := range s.inflight {
+			ids = append(ids, id)
+		}
+		ids = append(ids, s.resolved...)
+		s.mu.Unlock()
+		if len(ids) == 0 {
+			continue
+		}
+		_, err := pool.Exec(ctx, `UPDATE `+pgident.Qualified(s.cfg.Schema, EventTable)+`
+			SET claimed_until = now() + $3 * interval '1 millisecond' WHERE id = ANY($1) AND claimed_by = $2`,
+			ids, s.instance, s.cfg.ClaimTimeout.Milliseconds())
+		if err != nil {
+			if ctx.Err() == nil {
+				fail(fmt.Errorf("source %s: renewing claims: %w", s.label, err))
+			}
+			return
+		}
+	}
+}
+
+// cleanup deletes the resolved rows and releases the claims of the
+// unresolved ones, so other instances (or the next session) take them at
+// once. It runs when no handler is running. What it cannot do stays
+// recorded for the next session.
+func (s *Source) cleanup(ctx context.Context, pool *pgxpool.Pool) error {
+	if err := s.deleteResolved(ctx, pool); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	ids := make([]int64, 0, len(s.inflight))
+	for id := range s.inflight {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := pool.Exec(ctx, `UPDATE `+pgident.Qualified(s.cfg.Schema, EventTable)+`
+		SET claimed_until = NULL, claimed_by = NULL WHERE id = ANY($1) AND claimed_by = $2`, ids, s.instance)
+	if err != nil {
+		return fmt.Errorf("source %s: releasing claims: %w", s.label, err)
+	}
+	s.mu.Lock()
+	for _, id := range ids {
+		delete(s.inflight, id)
+	}
+	s.mu.Unlock()
+	return nil
+}

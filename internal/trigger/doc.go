@@ -1,0 +1,114 @@
+// Package trigger is the trigger capture engine, for databases where logical
+// replication is not allowed (no REPLICATION privilege, wal_level below
+// logical, managed services, poolers). It produces the same events as the
+// logical engine and hands them to the same dispatcher.
+//
+// # Capture
+//
+// Install creates, in a pgcdc-owned schema (default "pgcdc"), a durable
+// event table and one trigger function, and puts one AFTER INSERT OR UPDATE
+// OR DELETE FOR EACH ROW trigger on every routed table. The trigger writes a
+// row into the event table inside the writer's own transaction, so an event
+// exists exactly when its change committed, whether or not a consumer is
+// connected. The row holds row_to_json(OLD) and row_to_json(NEW) in json
+// columns (json keeps row_to_json's bytes; jsonb would reorder keys), the
+// action, schema, table, the transaction id and the transaction time. There
+// is no size limit beyond PostgreSQL's own (1 GB per value): large rows are
+// TOASTed, and no NOTIFY payload is involved.
+//
+// The function is SECURITY DEFINER, so writers need no privilege on the
+// pgcdc schema, and it fixes the settings that shape row_to_json's output
+// (TimeZone UTC, IntervalStyle postgres, extra_float_digits 1, bytea_output
+// hex; the same session settings the logical engine renders with), so events
+// do not depend on the writer's session. Its version is in its COMMENT and
+// it is replaced when outdated. Every object is tagged with a COMMENT
+// starting "pgcdc " and Teardown removes exactly the tagged objects. A
+// transaction-level advisory lock serializes concurrent installs.
+//
+// # Keys and order
+//
+// The trigger receives the table's primary key column names as trigger
+// arguments (Install re-creates the trigger when the key changes) and
+// stores row_key, a 64-bit hash (hashtextextended) of schema, table and the
+// key values taken from the new row (the old row for DELETE). A table
+// without a primary key hashes to one key per table. row_key is both the
+// dispatch partition key (changes of one key go to one lane, in order) and
+// what the claim query uses to keep the order across batches and instances.
+// Distinct keys that collide only get ordered more strictly than needed.
+//
+// Event ids come from an identity column with CACHE 1, so they are handed
+// out in time order. For one key, a later change can only be written after
+// the transaction of the earlier change committed (it waits for the row
+// lock, or for the unique index on a re-inserted key), so the events of one
+// key are in id order, and a snapshot that sees the later event also sees
+// the earlier one. (A key change, UPDATE of the primary key, is ordered
+// with the new key, as in the logical engine. Rows of a table without a
+// primary key are ordered by id among committed events.)
+//
+// # Claiming
+//
+// Each Source has one consumer goroutine that claims batches in id order:
+//
+//	UPDATE events SET claimed_until = now() + ClaimTimeout, claimed_by = <instance>
+//	WHERE id IN (SELECT id ... WHERE claimed_until IS NULL OR claimed_until < now()
+//	             ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED)
+//	  AND no earlier row of the same row_key is outside this batch, unless
+//	      that row is validly claimed by this same instance
+//	RETURNING ...
+//
+// SKIP LOCKED lets several instances claim at the same time without
+// waiting for each other, and no row is claimed by two of them. The extra
+// condition stops a later event of a key from overtaking an earlier one: if
+// an earlier event of the key is claimed by another instance, being claimed
+// right now (locked, hence skipped) or otherwise left out of the batch, the
+// later one is not claimed either and waits for a later round. Earlier
+// events claimed by this instance do not block: they were sent to the same
+// dispatch lane before, and a lane is handled first in, first out. A hot key
+// therefore streams without waiting for each batch to finish.
+//
+// The claimed changes go, in id order, to the dispatcher's lanes; the
+// dispatcher retries failed handlers and dead-letters exhausted ones. A row
+// is deleted only when its change is resolved (handler succeeded or
+// dead-lettered); deletes are batched by a second goroutine. A heartbeat
+// extends the claims of this instance's unresolved rows every ClaimTimeout/3,
+// so a slow handler keeps its claim.
+//
+// # Stopping and crash recovery
+//
+// When stop is closed the consumer stops claiming, the handlers in flight
+// finish, resolved rows are deleted and the claims on rows that were claimed
+// but not handled are released at once, so another instance (or the next
+// Run) takes them without waiting. When ctx ends the same happens with the
+// handlers cancelled. When the connection fails, the session ends the same
+// way and the claims it could not release are released when the next
+// session connects. If the process dies (kill -9), its claims simply expire
+// after ClaimTimeout and the rows are claimed again, by any instance, in id
+// order: nothing is lost, and the redelivered events carry the same
+// event_id. Delivery is at least once: a change whose handler ran but whose
+// delete did not commit is delivered again.
+//
+// # Event id
+//
+// event_id is the md5 hex of "<system identifier>/<database>/trigger/<event
+// table oid>/<event row id>". The oid makes ids of a re-created event table
+// (after Teardown and a new Install, whose row ids start again at 1) differ
+// from those of the old one; everything else is fixed for the life of the
+// row, so a redelivered event has the same id.
+//
+// # Wake-up
+//
+// The consumer polls: it claims every PollInterval, and immediately again
+// when a batch came back full. A NOTIFY from the trigger would cut the idle
+// latency but makes every writing transaction take the cluster-wide NOTIFY
+// queue lock at commit, which serializes committing writers. The measurement
+// behind the default is BenchmarkWakeup in this package (see its comment
+// for the command and the figures).
+//
+// # Retention
+//
+// Delivered rows are deleted, so the table holds only the backlog
+// (Backlog reports it). The table is created with autovacuum settings for a
+// queue (vacuum after 1000 dead rows whatever the table size, no cost delay)
+// and fillfactor 80 so the claim update can usually stay on the same page
+// (HOT); no explicit VACUUM is run.
+package trigger

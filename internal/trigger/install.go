@@ -1,0 +1,359 @@
+package trigger
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcdc/pgcdc/internal/dispatch"
+	"github.com/pgcdc/pgcdc/internal/errs"
+	"github.com/pgcdc/pgcdc/internal/pgident"
+)
+
+// Names and tags of the objects Install creates.
+const (
+	// DefaultSchema is the schema used when none is configured.
+	DefaultSchema = "pgcdc"
+	// EventTable is the name of the event table inside the schema.
+	EventTable = "events"
+	// Function is the name of the trigger function inside the schema.
+	Function = "capture"
+	// FunctionVersion is the version of the trigger function's body. It is
+	// kept in the function's COMMENT; an older function is replaced.
+	FunctionVersion = 1
+
+	tagPrefix   = "pgcdc "
+	schemaTag   = "pgcdc schema: created by pgcdc, removed by its teardown"
+	tableTag    = "pgcdc event table: captured row changes waiting for delivery"
+	triggerTag  = "pgcdc capture trigger"
+	functionTag = "pgcdc capture function v%d"
+
+	// tgtype of an AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW trigger:
+	// TRIGGER_TYPE_ROW (1) | INSERT (4) | DELETE (8) | UPDATE (16).
+	captureTgtype = 1 | 4 | 8 | 16
+)
+
+func schemaOrDefault(schema string) string {
+	if schema == "" {
+		return DefaultSchema
+	}
+	return schema
+}
+
+// TriggerName is the name of the capture trigger put on routed tables for
+// the given pgcdc schema: "pgcdc_capture" for the default schema,
+// "pgcdc_capture_<schema>" otherwise (cut to 63 bytes with a hash), so
+// several pgcdc schemas can capture the same table.
+func TriggerName(schema string) string {
+	schema = schemaOrDefault(schema)
+	if schema == DefaultSchema {
+		return "pgcdc_capture"
+	}
+	name := "pgcdc_capture_" + schema
+	if len(name) <= pgident.MaxLen {
+		return name
+	}
+	h := fnv.New32a()
+	h.Write([]byte(schema))
+	suffix := fmt.Sprintf("_%08x", h.Sum32())
+	cut := pgident.MaxLen - len(suffix)
+	for cut > 0 && name[cut]&0xC0 == 0x80 { // do not split a UTF-8 sequence
+		cut--
+	}
+	return name[:cut] + suffix
+}
+
+// lockKey is the advisory lock key serializing installs and teardowns of
+// one schema.
+func lockKey(schema string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("pgcdc trigger install\x00" + schema))
+	return int64(h.Sum64())
+}
+
+// functionSQL is the trigger function. Its key columns arrive as trigger
+// arguments; see the package doc for row_key.
+func functionSQL(schema string) string {
+	return `CREATE OR REPLACE FUNCTION ` + pgident.Qualified(schema, Function) + `() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, public
+SET timezone = 'UTC'
+SET datestyle = 'ISO'
+SET intervalstyle = 'postgres'
+SET extra_float_digits = 1
+SET bytea_output = 'hex'
+AS $pgcdc$
+DECLARE
+	o json;
+	n json;
+	k text := '';
+BEGIN
+	IF TG_OP <> 'INSERT' THEN
+		o := pg_catalog.row_to_json(OLD);
+	END IF;
+	IF TG_OP <> 'DELETE' THEN
+		n := pg_catalog.row_to_json(NEW);
+	END IF;
+	FOR i IN 0 .. TG_NARGS - 1 LOOP
+		k := k || coalesce(coalesce(n, o) ->> TG_ARGV[i], '') || chr(31);
+	END LOOP;
+	INSERT INTO ` + pgident.Qualified(schema, EventTable) + ` (schema_name, table_name, action, row_key, old, new, xid)
+	VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP,
+		pg_catalog.hashtextextended(TG_TABLE_SCHEMA || chr(31) || TG_TABLE_NAME || chr(31) || k, 0),
+		o, n, pg_catalog.pg_current_xact_id());
+	RETURN NULL;
+END
+$pgcdc$`
+}
+
+// tableSQL creates the event table. The identity has CACHE 1 so ids are
+// handed out in time order across sessions (the order argument of the
+// package doc depends on it).
+func tableSQL(schema string) string {
+	t := pgident.Qualified(schema, EventTable)
+	return `CREATE TABLE IF NOT EXISTS ` + t + ` (
+	id            bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
+	schema_name   text NOT NULL,
+	table_name    text NOT NULL,
+	action        text NOT NULL,
+	row_key       bigint NOT NULL,
+	old           json,
+	new           json,
+	xid           xid8 NOT NULL,
+	tx_time       timestamptz NOT NULL DEFAULT now(),
+	claimed_until timestamptz,
+	claimed_by    text
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+	autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 1000);
+CREATE INDEX IF NOT EXISTS ` + pgident.Quote(EventTable+"_row_key") + ` ON ` + t + ` (row_key, id);
+COMMENT ON TABLE ` + t + ` IS ` + quoteLiteral(tableTag)
+}
+
+// tableRef is a routed table as found in the catalog.
+type tableRef struct {
+	schema, name string
+	oid          uint32
+	key          []string // primary key columns, in key order
+}
+
+// lookupTables finds every routed table and its primary key. Missing or
+// unsupported tables are fatal configuration errors, all reported at once.
+func lookupTables(ctx context.Context, q querier, tables []dispatch.Table) ([]tableRef, error) {
+	var db string
+	if err := q.QueryRow(ctx, `SELECT current_database()`).Scan(&db); err != nil {
+		return nil, fmt.Errorf("reading database name: %w", err)
+	}
+	var problems []error
+	var out []tableRef
+	seen := map[string]bool{}
+	for _, t := range tables {
+		id := t.Schema + "\x00" + t.Table
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		ref := tableRef{schema: t.Schema, name: t.Table}
+		var kind string
+		err := q.QueryRow(ctx, `SELECT c.oid, c.relkind::text FROM pg_catalog.pg_class c
+			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, t.Schema, t.Table).Scan(&ref.oid, &kind)
+		if errors.Is(err, pgx.ErrNoRows) {
+			problems = append(problems, &errs.Fatal{Err: fmt.Errorf("%w: route %q: table %s does not exist in database %q (names are case-sensitive, as stored in the catalog)",
+				errs.ErrTableNotFound, t.Route.Name, pgident.Qualified(t.Schema, t.Table), db)})
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("looking up table %s: %w", pgident.Qualified(t.Schema, t.Table), err)
+		}
+		if kind == "p" {
+			problems = append(problems, &errs.Fatal{Err: fmt.Errorf("%w: route %q: table %s is partitioned; trigger capture reports changes under the partitions' names, so route each partition instead",
+				errs.ErrConfig, t.Route.Name, pgident.Qualified(t.Schema, t.Table))})
+			continue
+		}
+		rows, err := q.Query(ctx, `SELECT a.attname FROM pg_catalog.pg_index i
+			CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+			JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+			WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord`, ref.oid)
+		if err == nil {
+			ref.key, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading primary key of %s: %w", pgident.Qualified(t.Schema, t.Table), err)
+		}
+		out = append(out, ref)
+	}
+	if err := errors.Join(problems...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Install creates (or brings up to date) the schema, event table, trigger
+// function and one capture trigger per table. It is idempotent and safe to
+// run from several instances at once (an advisory lock serializes them).
+// When everything is in place it only reads the catalog, so a role without
+// CREATE privileges can run it after an owner installed once. A missing
+// table is an *errs.Fatal wrapping errs.ErrTableNotFound.
+func Install(ctx context.Context, pool *pgxpool.Pool, schema string, tables []dispatch.Table) error {
+	schema = schemaOrDefault(schema)
+	refs, err := lookupTables(ctx, pool, tables)
+	if err != nil {
+		return err
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_advisory_xact_lock($1)`, lockKey(schema)); err != nil {
+		return fmt.Errorf("install: taking the install lock: %w", err)
+	}
+	if err := installObjects(ctx, tx, schema); err != nil {
+		return privilegeHint(err)
+	}
+	// Look the tables up again under the lock: a table may have changed.
+	if refs, err = lookupTables(ctx, tx, tables); err != nil {
+		return err
+	}
+	for _, r := range refs {
+		if err := installTrigger(ctx, tx, schema, r); err != nil {
+			return privilegeHint(err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("install: commit: %w", err)
+	}
+	return nil
+}
+
+// installObjects creates the schema, table and function when missing or
+// outdated.
+func installObjects(ctx context.Context, tx pgx.Tx, schema string) error {
+	var hasSchema, hasTable bool
+	var fnComment *string
+	err := tx.QueryRow(ctx, `SELECT
+			EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1),
+			to_regclass($2) IS NOT NULL,
+			(SELECT obj_description(p.oid, 'pg_proc') FROM pg_catalog.pg_proc p
+				JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+				WHERE n.nspname = $1 AND p.proname = $3 AND p.pronargs = 0)`,
+		schema, pgident.Qualified(schema, EventTable), Function).Scan(&hasSchema, &hasTable, &fnComment)
+	if err != nil {
+		return fmt.Errorf("install: reading the catalog: %w", err)
+	}
+	if !hasSchema {
+		if _, err := tx.Exec(ctx, `CREATE SCHEMA `+pgident.Quote(schema)+`; COMMENT ON SCHEMA `+pgident.Quote(schema)+` IS `+quoteLiteral(schemaTag)); err != nil {
+			return fmt.Errorf("install: creating schema %s: %w", pgident.Quote(schema), err)
+		}
+	}
+	if !hasTable {
+		if _, err := tx.Conn().PgConn().Exec(ctx, tableSQL(schema)).ReadAll(); err != nil {
+			return fmt.Errorf("install: creating event table %s: %w", pgident.Qualified(schema, EventTable), err)
+		}
+	}
+	want := fmt.Sprintf(functionTag, FunctionVersion)
+	if fnComment == nil || *fnComment != want {
+		fn := pgident.Qualified(schema, Function)
+		sql := functionSQL(schema) + `;
+COMMENT ON FUNCTION ` + fn + `() IS ` + quoteLiteral(want) + `;
+REVOKE ALL ON FUNCTION ` + fn + `() FROM PUBLIC`
+		if _, err := tx.Conn().PgConn().Exec(ctx, sql).ReadAll(); err != nil {
+			return fmt.Errorf("install: creating trigger function %s: %w", fn, err)
+		}
+	}
+	return nil
+}
+
+// installTrigger puts the capture trigger on one table, or re-creates it
+// when its arguments (the key columns) or its type are outdated. Only the
+// trigger with our name on this very table is looked at; other triggers on
+// the table are left alone.
+func installTrigger(ctx context.Context, tx pgx.Tx, schema string, r tableRef) error {
+	name := TriggerName(schema)
+	table := pgident.Qualified(r.schema, r.name)
+	var ours bool
+	var tgtype int16
+	var args []byte
+	err := tx.QueryRow(ctx, `SELECT t.tgfoid = (SELECT p.oid FROM pg_catalog.pg_proc p
+				JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+				WHERE n.nspname = $3 AND p.proname = $4 AND p.pronargs = 0),
+			t.tgtype, t.tgargs
+		FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2`,
+		r.oid, name, schema, Function).Scan(&ours, &tgtype, &args)
+	exists := err == nil
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("install: reading triggers of %s: %w", table, err)
+	}
+	if exists && !ours {
+		return &errs.Fatal{Err: fmt.Errorf("%w: table %s already has a trigger named %s that pgcdc did not create; rename or drop it, or use another pgcdc schema",
+			errs.ErrConfig, table, pgident.Quote(name))}
+	}
+	if exists && int(tgtype) == captureTgtype && slices.Equal(splitArgs(args), r.key) {
+		return nil
+	}
+	var sql strings.Builder
+	if exists {
+		sql.WriteString(`DROP TRIGGER ` + pgident.Quote(name) + ` ON ` + table + `; `)
+	}
+	sql.WriteString(`CREATE TRIGGER ` + pgident.Quote(name) + ` AFTER INSERT OR UPDATE OR DELETE ON ` + table +
+		` FOR EACH ROW EXECUTE FUNCTION ` + pgident.Qualified(schema, Function) + `(`)
+	for i, k := range r.key {
+		if i > 0 {
+			sql.WriteString(", ")
+		}
+		sql.WriteString(quoteLiteral(k))
+	}
+	sql.WriteString(`); COMMENT ON TRIGGER ` + pgident.Quote(name) + ` ON ` + table + ` IS ` + quoteLiteral(triggerTag))
+	if _, err := tx.Conn().PgConn().Exec(ctx, sql.String()).ReadAll(); err != nil {
+		return fmt.Errorf("install: creating trigger %s on %s: %w", pgident.Quote(name), table, err)
+	}
+	return nil
+}
+
+// splitArgs decodes pg_trigger.tgargs: each argument ends with a NUL byte.
+func splitArgs(b []byte) []string {
+	var out []string
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, 0)
+		if i < 0 {
+			out = append(out, string(b))
+			break
+		}
+		out = append(out, string(b[:i]))
+		b = b[i+1:]
+	}
+	return out
+}
+
+func privilegeHint(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		return &errs.Fatal{Err: fmt.Errorf("%w: %v (trigger capture needs CREATE on the database to create its schema, and ownership of (or the TRIGGER privilege on) each routed table; an owner can run the install once)", errs.ErrPrivilege, err)}
+	}
+	return err
+}
+
+// quoteLiteral quotes s as an SQL string literal, in the E'' form when it
+// holds a backslash so it means the same whatever standard_conforming_strings
+// says.
+func quoteLiteral(s string) string {
+	q := "'" + strings.ReplaceAll(s, "'", "''") + "'"
+	if strings.Contains(s, `\`) {
+		q = "E" + strings.ReplaceAll(q, `\`, `\\`)
+	}
+	return q
+}
