@@ -56,20 +56,14 @@ func (d *decoder) begin(m *pglogrepl.BeginMessage) {
 	d.commitLSN, d.xid, d.commitTime, d.seq = m.FinalLSN, m.Xid, m.CommitTime, 0
 }
 
+// relation learns the types and primary key of an announced relation (the
+// only I/O of the decoder), then caches it.
 func (d *decoder) relation(ctx context.Context, pool *pgxpool.Pool, m *pglogrepl.RelationMessage) error {
-	r := &relation{
-		schema: m.Namespace, name: m.RelationName,
-		tableJSON:  rowjson.AppendString(nil, m.RelationName),
-		schemaJSON: rowjson.AppendString(nil, m.Namespace),
-		cols:       make([]column, len(m.Columns)),
-	}
 	oids := make([]uint32, len(m.Columns))
 	for i, c := range m.Columns {
-		key := append(rowjson.AppendString(nil, c.Name), ':')
-		r.cols[i] = column{name: c.Name, key: key, typ: c.DataType, ident: c.Flags&1 != 0}
 		oids[i] = c.DataType
-		d.s.types.Forget(c.DataType) // a type may have changed (ALTER TYPE): learn it again
 	}
+	d.s.types.Forget(oids...) // a type may have changed (ALTER TYPE): learn it again
 	if err := d.s.types.Resolve(ctx, pool, oids...); err != nil {
 		return fmt.Errorf("source %s: resolving column types of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
 	}
@@ -83,6 +77,22 @@ func (d *decoder) relation(ctx context.Context, pool *pgxpool.Pool, m *pglogrepl
 	if err != nil {
 		return fmt.Errorf("source %s: reading primary key of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
 	}
+	d.setRelation(m, pk)
+	return nil
+}
+
+// setRelation caches a relation with its primary key column names.
+func (d *decoder) setRelation(m *pglogrepl.RelationMessage, pk []string) {
+	r := &relation{
+		schema: m.Namespace, name: m.RelationName,
+		tableJSON:  rowjson.AppendString(nil, m.RelationName),
+		schemaJSON: rowjson.AppendString(nil, m.Namespace),
+		cols:       make([]column, len(m.Columns)),
+	}
+	for i, c := range m.Columns {
+		key := append(rowjson.AppendString(nil, c.Name), ':')
+		r.cols[i] = column{name: c.Name, key: key, typ: c.DataType, ident: c.Flags&1 != 0}
+	}
 	for i, c := range r.cols {
 		for _, name := range pk {
 			if c.name == name {
@@ -91,7 +101,6 @@ func (d *decoder) relation(ctx context.Context, pool *pgxpool.Pool, m *pglogrepl
 		}
 	}
 	d.rels[m.RelationID] = r
-	return nil
 }
 
 // change builds the event of one row message; nil when its table is not
@@ -268,4 +277,18 @@ func (d *decoder) appendRow(b []byte, r *relation, t, fallback *pglogrepl.TupleD
 		}
 	}
 	return append(b, '}')
+}
+
+// parse decodes one pgoutput message. pglogrepl panics on some malformed
+// input (an empty message, short tuples); that becomes an error here.
+func parse(data []byte) (m pglogrepl.Message, err error) {
+	if len(data) == 0 {
+		return nil, fmt.Errorf("empty pgoutput message")
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			m, err = nil, fmt.Errorf("malformed pgoutput message (type %q, %d bytes): %v", data[0], len(data), v)
+		}
+	}()
+	return pglogrepl.Parse(data)
 }

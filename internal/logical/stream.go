@@ -93,7 +93,7 @@ func (st *stream) copyData(ctx context.Context, data []byte) error {
 
 // logical handles one pgoutput message.
 func (st *stream) logical(ctx context.Context, data []byte) error {
-	msg, err := pglogrepl.Parse(data)
+	msg, err := parse(data)
 	if err != nil {
 		return fmt.Errorf("source %s: decoding pgoutput: %w", st.s.label(), err)
 	}
