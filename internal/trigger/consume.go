@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -39,6 +40,7 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 	if err := s.identify(readCtx, pool); err != nil {
 		return err
 	}
+	s.warnUnrouted(readCtx, pool)
 	if err := s.cleanup(readCtx, pool); err != nil { // leftovers of a failed session
 		return err
 	}
@@ -111,6 +113,29 @@ func (s *Source) identify(ctx context.Context, pool *pgxpool.Pool) error {
 	return nil
 }
 
+// warnUnrouted logs the tables that still carry this schema's capture
+// trigger but have no route in this source: their events stay in the event
+// table until a source routes them again, the trigger is dropped or
+// Teardown runs.
+func (s *Source) warnUnrouted(ctx context.Context, pool *pgxpool.Pool) {
+	schemas, names := s.tableArrays()
+	rows, err := pool.Query(ctx, `SELECT DISTINCT format('%I.%I', n.nspname, c.relname)
+		FROM pg_catalog.pg_trigger t
+		JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE t.tgfoid = to_regprocedure($1)
+			AND (n.nspname, c.relname) NOT IN (SELECT * FROM unnest($2::text[], $3::text[]))`,
+		pgident.Qualified(s.cfg.Schema, Function)+"()", schemas, names)
+	if err != nil {
+		return
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err == nil && len(tables) > 0 {
+		s.cfg.Logger.Warn("pgcdc: tables are captured but not routed by this source; their events accumulate in the event table (drop their pgcdc trigger, route them, or run the teardown)",
+			"source", s.cfg.Name, "tables", tables)
+	}
+}
+
 // event is one claimed row of the event table.
 type event struct {
 	id            int64
@@ -126,7 +151,8 @@ type event struct {
 // instance $4 for $5 milliseconds, in id order, skipping any event of a key
 // that has an earlier event outside the batch (claimed by another
 // instance, being claimed right now, or left out) unless that earlier
-// event is validly claimed by this instance. See the package doc.
+// event is validly claimed by this instance; a TRUNCATE event is skipped
+// likewise while any earlier event of its table is. See the package doc.
 func (s *Source) claimSQL() string {
 	t := pgident.Qualified(s.cfg.Schema, EventTable)
 	when := "e.tx_time"
@@ -134,7 +160,7 @@ func (s *Source) claimSQL() string {
 		when = "coalesce(pg_catalog.pg_xact_commit_timestamp(e.xid::xid), e.tx_time)"
 	}
 	return `WITH cand AS (
-	SELECT e.id, e.row_key FROM ` + t + ` e
+	SELECT e.id, e.row_key, e.action, e.schema_name, e.table_name FROM ` + t + ` e
 	WHERE (e.claimed_until IS NULL OR e.claimed_until < now())
 		AND (e.schema_name, e.table_name) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 	ORDER BY e.id
@@ -151,6 +177,10 @@ func (s *Source) claimSQL() string {
 UPDATE ` + t + ` e SET claimed_until = now() + $5 * interval '1 millisecond', claimed_by = $4
 FROM cand c
 WHERE e.id = c.id AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.row_key = c.row_key AND b.first_id < c.id)
+	AND (c.action <> 'TRUNCATE' OR NOT EXISTS (SELECT 1 FROM ` + t + ` p
+		WHERE p.id < c.id AND p.schema_name = c.schema_name AND p.table_name = c.table_name
+			AND NOT EXISTS (SELECT 1 FROM cand c2 WHERE c2.id = p.id)
+			AND (p.claimed_by IS DISTINCT FROM $4 OR p.claimed_until IS NULL OR p.claimed_until < now())))
 RETURNING e.id, e.schema_name, e.table_name, e.action, e.row_key, e.old::text, e.new::text, e.xid::text, ` + when
 }
 
@@ -213,6 +243,9 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 	slices.SortFunc(batch, func(a, b *event) int { return cmpInt64(a.id, b.id) })
 	for _, ev := range batch {
 		c := s.change(ev)
+		if ev.action == "TRUNCATE" && !s.barrier(ctx, ev.id) {
+			return len(batch), nil
+		}
 		lane, ok := disp.Lane(c)
 		if !ok {
 			c.Pos.Done() // not routed (cannot happen: the claim filters by table)
@@ -225,6 +258,31 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 		}
 	}
 	return len(batch), nil
+}
+
+// barrier waits until every event before id that this instance claimed is
+// resolved, so a TRUNCATE is handled after every earlier change. It reports
+// false when ctx ended first.
+func (s *Source) barrier(ctx context.Context, id int64) bool {
+	for {
+		s.mu.Lock()
+		pending := false
+		for other := range s.inflight {
+			if other < id {
+				pending = true
+				break
+			}
+		}
+		s.mu.Unlock()
+		if !pending {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 func cmpInt64(a, b int64) int {

@@ -39,6 +39,8 @@ const (
 	// tgtype of an AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW trigger:
 	// TRIGGER_TYPE_ROW (1) | INSERT (4) | DELETE (8) | UPDATE (16).
 	captureTgtype = 1 | 4 | 8 | 16
+	// tgtype of an AFTER TRUNCATE FOR EACH STATEMENT trigger.
+	truncateTgtype = 32
 )
 
 func schemaOrDefault(schema string) string {
@@ -52,23 +54,30 @@ func schemaOrDefault(schema string) string {
 // the given pgcdc schema: "pgcdc_capture" for the default schema,
 // "pgcdc_capture_<schema>" otherwise (cut to 63 bytes with a hash), so
 // several pgcdc schemas can capture the same table.
-func TriggerName(schema string) string {
+func TriggerName(schema string) string { return triggerName(schema, "pgcdc_capture") }
+
+// truncateTriggerName is the name of the TRUNCATE trigger, put on the
+// tables whose route wants TRUNCATE events: "pgcdc_truncate", or
+// "pgcdc_truncate_<schema>".
+func truncateTriggerName(schema string) string { return triggerName(schema, "pgcdc_truncate") }
+
+func triggerName(schema, base string) string {
 	schema = schemaOrDefault(schema)
 	if schema == DefaultSchema {
-		return "pgcdc_capture"
+		return base
 	}
-	name := "pgcdc_capture_" + schema
+	name := base + "_" + schema
 	if len(name) <= pgident.MaxLen {
 		return name
 	}
 	h := fnv.New32a()
 	h.Write([]byte(schema))
-	suffix := fmt.Sprintf("_%08x", h.Sum32())
-	cut := pgident.MaxLen - len(suffix)
+	tail := fmt.Sprintf("_%08x", h.Sum32())
+	cut := pgident.MaxLen - len(tail)
 	for cut > 0 && name[cut]&0xC0 == 0x80 { // do not split a UTF-8 sequence
 		cut--
 	}
-	return name[:cut] + suffix
+	return name[:cut] + tail
 }
 
 // lockKey is the advisory lock key serializing installs and teardowns of
@@ -96,10 +105,10 @@ DECLARE
 	n json;
 	k text := '';
 BEGIN
-	IF TG_OP <> 'INSERT' THEN
+	IF TG_OP IN ('UPDATE', 'DELETE') THEN
 		o := pg_catalog.row_to_json(OLD);
 	END IF;
-	IF TG_OP <> 'DELETE' THEN
+	IF TG_OP IN ('INSERT', 'UPDATE') THEN
 		n := pg_catalog.row_to_json(NEW);
 	END IF;
 	FOR i IN 0 .. TG_NARGS - 1 LOOP
@@ -142,6 +151,7 @@ type tableRef struct {
 	schema, name string
 	oid          uint32
 	key          []string // primary key columns, in key order
+	truncate     bool     // the route wants TRUNCATE events
 }
 
 // lookupTables finds every routed table and its primary key. Missing or
@@ -160,7 +170,7 @@ func lookupTables(ctx context.Context, q querier, tables []dispatch.Table) ([]ta
 			continue
 		}
 		seen[id] = true
-		ref := tableRef{schema: t.Schema, name: t.Table}
+		ref := tableRef{schema: t.Schema, name: t.Table, truncate: t.Route.Truncate}
 		var kind string
 		err := q.QueryRow(ctx, `SELECT c.oid, c.relkind::text FROM pg_catalog.pg_class c
 			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -230,7 +240,7 @@ func Install(ctx context.Context, pool *pgxpool.Pool, schema string, tables []di
 		return err
 	}
 	for _, r := range refs {
-		if err := installTrigger(ctx, tx, schema, r); err != nil {
+		if err := installTriggers(ctx, tx, schema, r); err != nil {
 			return privilegeHint(err)
 		}
 	}
@@ -278,46 +288,57 @@ REVOKE ALL ON FUNCTION ` + fn + `() FROM PUBLIC`
 	return nil
 }
 
-// installTrigger puts the capture trigger on one table, or re-creates it
-// when its arguments (the key columns) or its type are outdated. Only the
-// trigger with our name on this very table is looked at; other triggers on
-// the table are left alone.
-func installTrigger(ctx context.Context, tx pgx.Tx, schema string, r tableRef) error {
-	name := TriggerName(schema)
+// installTriggers puts the capture triggers on one table: the row
+// trigger, re-created when its arguments (the key columns) or its type are
+// outdated, and the TRUNCATE trigger when the route asks for TRUNCATE events
+// (dropped when it no longer does). Only triggers with our names on this
+// very table are looked at; other triggers on the table are left alone.
+func installTriggers(ctx context.Context, tx pgx.Tx, schema string, r tableRef) error {
+	if err := ensureTrigger(ctx, tx, schema, r, TriggerName(schema), true, captureTgtype, r.key, "INSERT OR UPDATE OR DELETE", "ROW"); err != nil {
+		return err
+	}
+	return ensureTrigger(ctx, tx, schema, r, truncateTriggerName(schema), r.truncate, truncateTgtype, nil, "TRUNCATE", "STATEMENT")
+}
+
+func ensureTrigger(ctx context.Context, tx pgx.Tx, schema string, r tableRef, name string, want bool, tgtype int, args []string, events, level string) error {
 	table := pgident.Qualified(r.schema, r.name)
 	var ours bool
-	var tgtype int16
-	var args []byte
+	var gotType int16
+	var gotArgs []byte
 	err := tx.QueryRow(ctx, `SELECT t.tgfoid = (SELECT p.oid FROM pg_catalog.pg_proc p
 				JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 				WHERE n.nspname = $3 AND p.proname = $4 AND p.pronargs = 0),
 			t.tgtype, t.tgargs
 		FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2`,
-		r.oid, name, schema, Function).Scan(&ours, &tgtype, &args)
+		r.oid, name, schema, Function).Scan(&ours, &gotType, &gotArgs)
 	exists := err == nil
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("install: reading triggers of %s: %w", table, err)
 	}
-	if exists && !ours {
+	switch {
+	case exists && !ours && want:
 		return &errs.Fatal{Err: fmt.Errorf("%w: table %s already has a trigger named %s that pgcdc did not create; rename or drop it, or use another pgcdc schema",
 			errs.ErrConfig, table, pgident.Quote(name))}
-	}
-	if exists && int(tgtype) == captureTgtype && slices.Equal(splitArgs(args), r.key) {
+	case exists && !ours, !exists && !want:
+		return nil
+	case exists && want && int(gotType) == tgtype && slices.Equal(splitArgs(gotArgs), args):
 		return nil
 	}
 	var sql strings.Builder
 	if exists {
 		sql.WriteString(`DROP TRIGGER ` + pgident.Quote(name) + ` ON ` + table + `; `)
 	}
-	sql.WriteString(`CREATE TRIGGER ` + pgident.Quote(name) + ` AFTER INSERT OR UPDATE OR DELETE ON ` + table +
-		` FOR EACH ROW EXECUTE FUNCTION ` + pgident.Qualified(schema, Function) + `(`)
-	for i, k := range r.key {
-		if i > 0 {
-			sql.WriteString(", ")
+	if want {
+		sql.WriteString(`CREATE TRIGGER ` + pgident.Quote(name) + ` AFTER ` + events + ` ON ` + table +
+			` FOR EACH ` + level + ` EXECUTE FUNCTION ` + pgident.Qualified(schema, Function) + `(`)
+		for i, a := range args {
+			if i > 0 {
+				sql.WriteString(", ")
+			}
+			sql.WriteString(quoteLiteral(a))
 		}
-		sql.WriteString(quoteLiteral(k))
+		sql.WriteString(`); COMMENT ON TRIGGER ` + pgident.Quote(name) + ` ON ` + table + ` IS ` + quoteLiteral(triggerTag))
 	}
-	sql.WriteString(`); COMMENT ON TRIGGER ` + pgident.Quote(name) + ` ON ` + table + ` IS ` + quoteLiteral(triggerTag))
 	if _, err := tx.Conn().PgConn().Exec(ctx, sql.String()).ReadAll(); err != nil {
 		return fmt.Errorf("install: creating trigger %s on %s: %w", pgident.Quote(name), table, err)
 	}
@@ -347,7 +368,7 @@ func privilegeHint(err error) error {
 	return err
 }
 
-// quoteLiteral quotes s as an SQL string literal, in the E'' form when it
+// quoteLiteral quotes s as an SQL string literal, in the E-prefixed form when it
 // holds a backslash so it means the same whatever standard_conforming_strings
 // says.
 func quoteLiteral(s string) string {
