@@ -1,0 +1,132 @@
+// Command consumer is the pgcdc consumer the fault tests of package faulttest
+// run as a separate process (so it can be killed with SIGKILL). It streams one
+// table through the public pgcdc API and records every event durably before
+// its handler returns: one INSERT per delivery into the table "seen" of
+// another database (not unique, so redeliveries are counted).
+//
+// SIGTERM or SIGINT shut it down gracefully (Worker.Shutdown). It exits with
+// status 0 after a graceful stop and 1 when Serve returned an error, which it
+// prints on stderr as "SERVE-ERROR: ...".
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcdc/pgcdc"
+)
+
+func main() {
+	var (
+		dsn        = flag.String("dsn", "", "DSN of the captured database")
+		recordDSN  = flag.String("record-dsn", "", "DSN of the database holding the seen table")
+		table      = flag.String("table", "rows", "route (table) to handle")
+		workerType = flag.String("worker-type", "", "pgcdc worker type (slot and publication name)")
+		run        = flag.Int("run", 0, "run number recorded with each event")
+		instance   = flag.String("instance", "", "instance name recorded with each event")
+		goroutines = flag.Int("goroutines", 8, "SetMaxGoroutines")
+		minRecon   = flag.Duration("min-reconnect", 50*time.Millisecond, "SetMinReconnectInterval")
+		maxRecon   = flag.Duration("max-reconnect", time.Second, "SetMaxReconnectInterval")
+		jitter     = flag.Duration("jitter", 0, "random handler delay in [0, jitter) before recording, so handlers finish out of order")
+		verbose    = flag.Bool("v", false, "debug logging")
+	)
+	flag.Parse()
+
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).
+		With("instance", *instance, "run", *run, "pid", os.Getpid())
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	pcfg, err := pgxpool.ParseConfig(*recordDSN)
+	if err != nil {
+		fail(log, fmt.Errorf("record DSN: %w", err))
+	}
+	pcfg.MaxConns = int32(*goroutines) + 2
+	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
+	if err != nil {
+		fail(log, fmt.Errorf("record pool: %w", err))
+	}
+	defer pool.Close()
+
+	opts := []pgcdc.OptionFunc{
+		pgcdc.SetPostgresDSN(*dsn),
+		pgcdc.SetMaxGoroutines(*goroutines),
+		pgcdc.SetMinReconnectInterval(*minRecon),
+		pgcdc.SetMaxReconnectInterval(*maxRecon),
+		pgcdc.SetLogger(log),
+		// A failed record must be retried, never dead-lettered: the test
+		// counts what was recorded.
+		pgcdc.DisableDeadLetter(),
+	}
+	if *workerType != "" {
+		opts = append(opts, pgcdc.SetWorkerType(*workerType))
+	}
+	w, err := pgcdc.NewWorker(opts...)
+	if err != nil {
+		fail(log, err)
+	}
+	w.Handle(*table, func(ec *pgcdc.EventContext) error {
+		ev := ec.Event()
+		if ev == nil {
+			return fmt.Errorf("event %s is not valid JSON", ec.Key())
+		}
+		var row struct {
+			ID *int64 `json:"id"`
+		}
+		data := ev.Data.New
+		if ev.Action == pgcdc.ActionDelete {
+			data = ev.Data.Old
+		}
+		if err := (pgcdc.EventPayloadData{New: data}).DecodeNew(&row); err != nil || row.ID == nil {
+			return fmt.Errorf("event %s has no id: %v", ec.Key(), err)
+		}
+		if *jitter > 0 {
+			time.Sleep(rand.N(*jitter))
+		}
+		_, err := pool.Exec(ec.Context(), `INSERT INTO seen (event_id, tbl, action, row_id, lsn, run, inst)
+			VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7)`,
+			ev.EventID, ev.Table, ev.Action, *row.ID, ev.LSN, *run, *instance)
+		return err
+	})
+
+	errc := make(chan error, 1)
+	go func() { errc <- w.Serve(context.Background()) }()
+	select {
+	case err := <-errc:
+		fail(log, err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.Shutdown(sctx); err != nil {
+		fail(log, fmt.Errorf("shutdown: %w", err))
+	}
+	if err := <-errc; err != nil && !errors.Is(err, context.Canceled) {
+		fail(log, err)
+	}
+	log.Info("consumer: stopped")
+}
+
+func fail(log *slog.Logger, err error) {
+	if err == nil {
+		err = errors.New("Serve returned nil before any shutdown")
+	}
+	log.Error("consumer: fatal", "error", err)
+	fmt.Fprintf(os.Stderr, "SERVE-ERROR: %v\n", err)
+	os.Exit(1)
+}
