@@ -468,3 +468,31 @@ func TestTruncateOnlyForRoutesThatOptIn(t *testing.T) {
 		t.Fatalf("%d truncate events among %d; want 1 among 53", truncates, len(evs))
 	}
 }
+
+func TestSchemaEvolutionRenamesAndEnumValues(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	exec(t, dsn, `CREATE TYPE color AS ENUM ('red'); CREATE TABLE paint (id int PRIMARY KEY, c color, old_name text)`)
+	rec := newRecorder()
+	w := newWorker(t, pgcdc.SetPostgresDSN(dsn))
+	w.Handle("paint", rec.handle)
+	serve(t, w)
+	waitStreaming(t, dsn, defaultSlot)
+	exec(t, dsn, `INSERT INTO paint VALUES (1, 'red', 'a')`)
+	exec(t, dsn, `ALTER TYPE color ADD VALUE 'blue'`)
+	exec(t, dsn, `INSERT INTO paint VALUES (2, 'blue', 'b')`)
+	exec(t, dsn, `ALTER TABLE paint RENAME COLUMN old_name TO new_name`)
+	exec(t, dsn, `INSERT INTO paint VALUES (3, 'blue', 'c')`)
+	exec(t, dsn, `ALTER TABLE paint RENAME TO paint2`)
+	exec(t, dsn, `INSERT INTO paint2 VALUES (4, 'red', 'd')`)
+	evs := rec.waitCount(t, 4)
+	want := []string{`{"id":1,"c":"red","old_name":"a"}`, `{"id":2,"c":"blue","old_name":"b"}`,
+		`{"id":3,"c":"blue","new_name":"c"}`, `{"id":4,"c":"red","new_name":"d"}`}
+	for i, w := range want {
+		if got := string(evs[i].Data.New); got != w {
+			t.Errorf("event %d new = %s, want %s", i, got, w)
+		}
+	}
+	if evs[3].Table != "paint2" {
+		t.Errorf("after the rename the event names table %q, want paint2", evs[3].Table)
+	}
+}

@@ -16,6 +16,7 @@ type Change struct {
 	Source     string // source name ("" for the default source)
 	Schema     string
 	Table      string
+	RouteKey   string // dispatcher key ("schema.table" as routed); "" means Schema.Table
 	Action     string // INSERT, UPDATE, DELETE, TRUNCATE
 	EventID    string // md5 hex, stable across redeliveries
 	Message    []byte // the event JSON handed to handlers

@@ -134,14 +134,24 @@ func (d *Dispatcher) Handles(schema, tableName string) bool {
 
 // HandlesTruncate reports whether the table's route wants TRUNCATE events.
 func (d *Dispatcher) HandlesTruncate(schema, tableName string) bool {
-	t, ok := d.tables[schema+"."+tableName]
-	return ok && t.route.Truncate
+	return d.HandlesKey(schema+"."+tableName, true)
+}
+
+// HandlesKey reports whether a route is registered under key
+// ("schema.table"); with truncate, whether it also wants TRUNCATE events.
+func (d *Dispatcher) HandlesKey(key string, truncate bool) bool {
+	t, ok := d.tables[key]
+	return ok && (!truncate || t.route.Truncate)
 }
 
 // Lane returns the channel the change must be sent to, or false when no
 // route handles its table (the caller resolves such a change at once).
 func (d *Dispatcher) Lane(c *change.Change) (chan<- *change.Change, bool) {
-	t, ok := d.tables[c.Schema+"."+c.Table]
+	key := c.RouteKey
+	if key == "" {
+		key = c.Schema + "." + c.Table
+	}
+	t, ok := d.tables[key]
 	if !ok {
 		return nil, false
 	}

@@ -25,6 +25,7 @@ type relation struct {
 	schemaJSON   []byte
 	cols         []column
 	partIdx      []int // primary key columns: the partition key
+	routeKey     string
 }
 
 type column struct {
@@ -100,6 +101,16 @@ func (d *decoder) setRelation(m *pglogrepl.RelationMessage, pk []string) {
 			}
 		}
 	}
+	// Routes name tables, but the stream names relations by OID: a routed
+	// table renamed mid-stream keeps its route instead of being skipped.
+	r.routeKey = r.schema + "." + r.name
+	for key, ti := range d.s.tables {
+		if ti.oid == m.RelationID && key != r.routeKey {
+			d.s.cfg.Logger.Warn("pgcdc: routed table was renamed; its changes keep going to its route, but update the route before the next restart",
+				"source", d.s.cfg.Name, "route_table", key, "now", r.routeKey)
+			r.routeKey = key
+		}
+	}
 	d.rels[m.RelationID] = r
 }
 
@@ -125,11 +136,11 @@ func (d *decoder) change(msg pglogrepl.Message) (*change.Change, error) {
 	if !ok {
 		return nil, fmt.Errorf("source %s: change for relation %d before its Relation message", d.s.label(), relID)
 	}
-	if !d.s.disp.Handles(r.schema, r.name) {
+	if !d.s.disp.HandlesKey(r.routeKey, false) {
 		return nil, nil
 	}
 	c := &change.Change{
-		Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, Action: action,
+		Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: action,
 		LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime,
 	}
 	c.EventID = d.eventID()
@@ -149,11 +160,11 @@ func (d *decoder) truncate(m *pglogrepl.TruncateMessage) []*change.Change {
 	for _, id := range m.RelationIDs {
 		d.seq++
 		r, ok := d.rels[id]
-		if !ok || !d.s.disp.HandlesTruncate(r.schema, r.name) {
+		if !ok || !d.s.disp.HandlesKey(r.routeKey, true) {
 			continue
 		}
 		c := &change.Change{
-			Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, Action: "TRUNCATE",
+			Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: "TRUNCATE",
 			LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime,
 		}
 		c.EventID = d.eventID()
