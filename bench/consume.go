@@ -4,7 +4,7 @@ package main
 // listener with a handler that counts events (and, with -lat, measures
 // handler time − created_at), and speaks a line protocol:
 //
-//	stdout: one JSON object per line, {"type": "ready"|"target"|"stats"|"done", ...}
+//	fd 3 (or stdout): one JSON object per line, {"type": "ready"|"target"|"stats"|"done", ...}
 //	stdin:  "stats", "reset", "stop" (EOF = stop)
 //
 // With -target N it reports "target" when N distinct rows have been handled
@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"runtime"
@@ -71,7 +72,7 @@ type counter struct {
 	lats []int64
 }
 
-const maxID = 1 << 26 // ids above this are counted but not checked for duplicates
+const maxID = 1 << 23 // ids above this are counted but not checked for duplicates
 
 func newCounter(lat bool, sleep time.Duration, target int64) *counter {
 	return &counter{lat: lat, sleep: sleep, target: target, targetCh: make(chan struct{}),
@@ -259,7 +260,13 @@ func consumeMain(args []string) error {
 	if *dsn == "" || *table == "" {
 		return fmt.Errorf("consume: -dsn and -table are required")
 	}
-	o := &out{enc: json.NewEncoder(os.Stdout)}
+	// Protocol lines go to fd 3 when the harness passed a pipe there, so
+	// that whatever a library prints on stdout (candi does) cannot mix in.
+	var w io.Writer = os.Stdout
+	if os.Getenv("BENCH_PROTO_FD") == "3" {
+		w = os.NewFile(3, "proto")
+	}
+	o := &out{enc: json.NewEncoder(w)}
 	c := newCounter(*lat, *sleep, *target)
 
 	var l listener

@@ -83,7 +83,7 @@ func main() {
 			c.runs = 1
 		}
 	} else {
-		c.backlogTxns, c.sleepTarget, c.writeDur, c.latDur, c.quiet, c.candiBacklog = 1000, 10000, 20, 15, 60*time.Second, 100
+		c.backlogTxns, c.sleepTarget, c.writeDur, c.latDur, c.quiet, c.candiBacklog = 1000, 5000, 20, 15, 60*time.Second, 100
 		if c.runs == 0 {
 			c.runs = 3
 		}

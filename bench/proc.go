@@ -41,22 +41,28 @@ func startConsumer(logPath string, args ...string) (*consumer, error) {
 	fmt.Fprintf(lf, "\n=== %s consume %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
 	cmd := exec.Command(exe, append([]string{"consume"}, args...)...)
 	cmd.Stderr = lf
+	cmd.Stdout = lf
+	cmd.Env = append(os.Environ(), "BENCH_PROTO_FD=3")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		lf.Close()
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
+	stdout, pw, err := os.Pipe()
 	if err != nil {
 		lf.Close()
 		return nil, err
 	}
+	cmd.ExtraFiles = []*os.File{pw}
 	c := &consumer{cmd: cmd, stdin: stdin, lines: make(chan Stats, 16), exited: make(chan struct{}), log: lf}
 	c.started = time.Now()
 	if err := cmd.Start(); err != nil {
 		lf.Close()
+		stdout.Close()
+		pw.Close()
 		return nil, err
 	}
+	pw.Close() // the child holds its copy; EOF when it exits
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 1<<16), 1<<20)
@@ -68,6 +74,7 @@ func startConsumer(logPath string, args ...string) (*consumer, error) {
 			}
 			c.lines <- s
 		}
+		stdout.Close()
 		c.waitErr = cmd.Wait()
 		lf.Close()
 		close(c.lines)
