@@ -1,0 +1,277 @@
+package trigger
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcdc/pgcdc/internal/dispatch"
+	"github.com/pgcdc/pgcdc/internal/errs"
+	"github.com/pgcdc/pgcdc/internal/pgtest"
+)
+
+const installDDL = `
+CREATE TABLE items (id int PRIMARY KEY, name text);
+CREATE TABLE other (id int PRIMARY KEY, v text);
+CREATE TABLE unrouted (id int PRIMARY KEY);
+CREATE TABLE audit (what text);
+CREATE FUNCTION audit_fn() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO audit VALUES (TG_TABLE_NAME || ' ' || TG_OP); RETURN NEW; END $$;
+CREATE TRIGGER audit_other AFTER INSERT OR UPDATE ON other FOR EACH ROW EXECUTE FUNCTION audit_fn();
+CREATE TRIGGER a_before BEFORE INSERT ON other FOR EACH ROW EXECUTE FUNCTION audit_fn();
+CREATE SCHEMA "Shop";
+CREATE TABLE "Shop"."we""ird" ("a b" text, id int, "ñ" text, PRIMARY KEY ("a b", id));
+`
+
+func pool(t *testing.T, dsn string) *pgxpool.Pool {
+	t.Helper()
+	p, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// triggers lists "table:trigger(args)" for every non-internal trigger.
+func triggers(t *testing.T, conn *pgx.Conn) []string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), `SELECT tgrelid::regclass::text || ':' || tgname || '(' ||
+			replace(rtrim(encode(tgargs, 'escape'), '\000'), '\000', ',') || ')'
+		FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestInstallIdempotentAndSelective(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, installDDL)
+	ctx := context.Background()
+	p := pool(t, dsn)
+	conn := connect(t, dsn)
+	rec := newRecorder()
+	tables := []dispatch.Table{
+		route("public", "items", 1, rec.handle),
+		route("public", "other", 1, rec.handle),
+		route("Shop", `we"ird`, 1, rec.handle),
+	}
+	tables[0].Route.Truncate = true
+	// Concurrent installs from several instances serialize on the lock.
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	for range 4 {
+		wg.Go(func() { errc <- Install(ctx, p, "", tables) })
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil {
+			t.Fatalf("concurrent Install: %v", err)
+		}
+	}
+	want := []string{
+		`"Shop"."we""ird":pgcdc_capture(a b,id)`,
+		"items:pgcdc_capture(id)",
+		"items:pgcdc_truncate()",
+		"other:a_before()",
+		"other:audit_other()",
+		"other:pgcdc_capture(id)",
+	}
+	if got := triggers(t, conn); !slices.Equal(got, want) {
+		t.Fatalf("triggers after install:\n got %q\nwant %q", got, want)
+	}
+	if err := Install(ctx, p, "", tables); err != nil {
+		t.Fatal(err)
+	}
+	if got := triggers(t, conn); !slices.Equal(got, want) {
+		t.Fatalf("triggers after a second install:\n got %q\nwant %q", got, want)
+	}
+
+	// Writes: routed tables are captured (the unrelated triggers still
+	// run), unrouted ones are not.
+	pgtest.Exec(t, dsn, `INSERT INTO items VALUES (1, 'x'); INSERT INTO other VALUES (1, 'y');
+		INSERT INTO unrouted VALUES (1); INSERT INTO "Shop"."we""ird" VALUES ('k', 1, 'ñ'); TRUNCATE items`)
+	if n := queryInt(t, conn, `SELECT count(*) FROM audit`); n != 2 {
+		t.Errorf("unrelated triggers ran %d times, want 2", n)
+	}
+	rows, err := conn.Query(ctx, `SELECT schema_name || '.' || table_name || ' ' || action FROM pgcdc.events ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantEv := []string{"public.items INSERT", "public.other INSERT", `Shop.we"ird INSERT`, "public.items TRUNCATE"}
+	if !slices.Equal(got, wantEv) {
+		t.Errorf("captured %q, want %q", got, wantEv)
+	}
+
+	// An outdated function is replaced; a changed key re-creates the trigger;
+	// a route that no longer wants TRUNCATE loses the TRUNCATE trigger.
+	pgtest.Exec(t, dsn, `CREATE OR REPLACE FUNCTION pgcdc.capture() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+		COMMENT ON FUNCTION pgcdc.capture() IS 'pgcdc capture function v0';
+		ALTER TABLE items DROP CONSTRAINT items_pkey, ADD PRIMARY KEY (name, id)`)
+	tables[0].Route.Truncate = false
+	if err := Install(ctx, p, "", tables); err != nil {
+		t.Fatal(err)
+	}
+	want = slices.DeleteFunc(want, func(s string) bool { return strings.HasPrefix(s, "items:") })
+	want = append(want[:1], append([]string{"items:pgcdc_capture(name,id)"}, want[1:]...)...)
+	if got := triggers(t, conn); !slices.Equal(got, want) {
+		t.Fatalf("triggers after key change:\n got %q\nwant %q", got, want)
+	}
+	var comment string
+	if err := conn.QueryRow(ctx, `SELECT obj_description('pgcdc.capture()'::regprocedure, 'pg_proc')`).Scan(&comment); err != nil || comment != "pgcdc capture function v1" {
+		t.Errorf("function comment = %q, %v", comment, err)
+	}
+	before := queryInt(t, conn, `SELECT count(*) FROM pgcdc.events`)
+	pgtest.Exec(t, dsn, `INSERT INTO items VALUES (2, 'z')`)
+	if n := queryInt(t, conn, `SELECT count(*) FROM pgcdc.events`); n != before+1 {
+		t.Errorf("the replaced function does not capture: %d events, want %d", n, before+1)
+	}
+
+	// A foreign trigger with our name is an error, not overwritten.
+	pgtest.Exec(t, dsn, `CREATE TABLE clash (id int PRIMARY KEY);
+		CREATE TRIGGER pgcdc_capture AFTER INSERT ON clash FOR EACH ROW EXECUTE FUNCTION audit_fn()`)
+	err = Install(ctx, p, "", append(tables, route("public", "clash", 1, rec.handle)))
+	if !errs.IsFatal(err) || !errors.Is(err, errs.ErrConfig) {
+		t.Errorf("Install over a foreign trigger = %v, want a fatal ErrConfig", err)
+	}
+}
+
+func TestTeardownLeavesNothing(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, installDDL)
+	ctx := context.Background()
+	p := pool(t, dsn)
+	conn := connect(t, dsn)
+	rec := newRecorder()
+	tables := []dispatch.Table{route("public", "items", 1, rec.handle), route("public", "other", 1, rec.handle), route("Shop", `we"ird`, 1, rec.handle)}
+	tables[1].Route.Truncate = true
+	userTriggers := triggers(t, conn)
+	if err := Install(ctx, p, "", tables); err != nil {
+		t.Fatal(err)
+	}
+	// A second pgcdc schema in a schema the user created (and owns
+	// other objects in) capturing the same tables.
+	pgtest.Exec(t, dsn, `CREATE SCHEMA app; CREATE TABLE app.mine (x int)`)
+	if err := Install(ctx, p, "app", tables[:1]); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, dsn, `INSERT INTO items VALUES (1, 'a')`)
+	if n := queryInt(t, conn, `SELECT (SELECT count(*) FROM pgcdc.events) + (SELECT count(*) FROM app.events)`); n != 2 {
+		t.Fatalf("%d events, want one per schema", n)
+	}
+
+	if err := Teardown(ctx, dsn, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryInt(t, conn, `SELECT count(*) FROM pg_namespace WHERE nspname = 'pgcdc'`); n != 0 {
+		t.Error("schema pgcdc left behind")
+	}
+	if n := queryInt(t, conn, `SELECT count(*) FROM pg_trigger WHERE tgname IN ('pgcdc_capture', 'pgcdc_truncate')`); n != 0 {
+		t.Errorf("%d pgcdc triggers left behind", n)
+	}
+	if n := queryInt(t, conn, `SELECT count(*) FROM pg_trigger WHERE tgname = 'pgcdc_capture_app'`); n != 1 {
+		t.Errorf("the other schema's trigger was touched")
+	}
+	if err := Teardown(ctx, dsn, "app", nil); err != nil {
+		t.Fatalf("Teardown of a user schema: %v", err)
+	}
+	if err := Teardown(ctx, dsn, "", nil); err != nil {
+		t.Fatalf("second Teardown: %v", err)
+	}
+	if got := triggers(t, conn); !slices.Equal(got, userTriggers) {
+		t.Errorf("triggers after teardown %q, want the user's %q", got, userTriggers)
+	}
+	checks := map[string]string{
+		"pgcdc functions":     `SELECT count(*) FROM pg_proc WHERE obj_description(oid, 'pg_proc') LIKE 'pgcdc %'`,
+		"pgcdc tables":        `SELECT count(*) FROM pg_class WHERE obj_description(oid, 'pg_class') LIKE 'pgcdc %' OR relname = 'events'`,
+		"pgcdc schemas":       `SELECT count(*) FROM pg_namespace WHERE obj_description(oid, 'pg_namespace') LIKE 'pgcdc %'`,
+		"user schema app":     `SELECT count(*) - 1 FROM pg_namespace WHERE nspname = 'app'`,
+		"user table app.mine": `SELECT count(*) - 1 FROM pg_class WHERE oid = 'app.mine'::regclass`,
+		"user function":       `SELECT count(*) - 1 FROM pg_proc WHERE proname = 'audit_fn'`,
+	}
+	for what, sql := range checks {
+		if n := queryInt(t, conn, sql); n != 0 {
+			t.Errorf("%s: %d", what, n)
+		}
+	}
+
+	// A pgcdc schema holding a user object: everything of pgcdc goes, the
+	// schema and the object stay, and the error says why.
+	if err := Install(ctx, p, "", tables); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, dsn, `CREATE TABLE pgcdc.users_own (x int)`)
+	err := Teardown(ctx, dsn, "", nil)
+	if err == nil || !strings.Contains(err.Error(), "kept") {
+		t.Errorf("Teardown with a user object = %v, want a 'kept' error", err)
+	}
+	if n := queryInt(t, conn, `SELECT count(*) FROM pg_class WHERE relnamespace = 'pgcdc'::regnamespace AND relkind = 'r'`); n != 1 {
+		t.Errorf("%d tables in pgcdc, want only the user's", n)
+	}
+	if got := triggers(t, conn); !slices.Equal(got, userTriggers) {
+		t.Errorf("triggers after teardown %q, want the user's %q", got, userTriggers)
+	}
+}
+
+func TestBacklogAndLag(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE more (id int PRIMARY KEY)`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rec := newRecorder()
+	block := make(chan struct{})
+	rec.fn = func(ctx context.Context, p payload) error {
+		select {
+		case <-block:
+		case <-ctx.Done():
+		}
+		return ctx.Err()
+	}
+	cfg := config(dsn, route("public", "items", 1, rec.handle))
+	other := config(dsn, route("public", "more", 1, rec.handle))
+	if err := Install(ctx, pool(t, dsn), "", append(cfg.Tables, other.Tables...)); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, dsn, `INSERT INTO items SELECT generate_series(1, 25); INSERT INTO more SELECT generate_series(1, 7)`)
+	s := New(cfg)
+	if s.LagBytes() != -1 {
+		t.Errorf("LagBytes = %d, want -1", s.LagBytes())
+	}
+	if n, err := s.Backlog(ctx); n != 25 || err != nil {
+		t.Fatalf("Backlog before running = %d, %v; want 25", n, err)
+	}
+	r := start(t, cfg)
+	waitUntil(t, 30*time.Second, "a claim", func() bool {
+		conn := connect(t, dsn)
+		return queryInt(t, conn, `SELECT count(*) FROM pgcdc.events WHERE claimed_by IS NOT NULL`) > 0
+	})
+	if n, err := r.s.Backlog(ctx); n != 25 || err != nil {
+		t.Errorf("Backlog while claimed = %d, %v; want 25", n, err)
+	}
+	close(block)
+	rec.waitFor(t, 30*time.Second, "25 events", atLeast(25))
+	waitUntil(t, 30*time.Second, "empty backlog", func() bool {
+		n, err := r.s.Backlog(ctx)
+		return err == nil && n == 0
+	})
+	if n, err := New(other).Backlog(ctx); n != 7 || err != nil {
+		t.Errorf("Backlog of the other source = %d, %v; want 7", n, err)
+	}
+}
