@@ -10,9 +10,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -499,6 +501,7 @@ type memRecorder struct {
 	total    int
 	lastAt   time.Time
 	maxRowAt map[int64]time.Time // first delivery time per row
+	times    []time.Time          // every delivery, in order
 	changed  chan struct{}
 }
 
@@ -524,6 +527,7 @@ func (r *memRecorder) handle(ec *pgcdc.EventContext) error {
 	}
 	r.total++
 	r.lastAt = now
+	r.times = append(r.times, now)
 	close(r.changed)
 	r.changed = make(chan struct{})
 	r.mu.Unlock()
@@ -549,7 +553,20 @@ func (r *memRecorder) firstAtLeast(minID int64) (time.Time, bool) {
 	return best, !best.IsZero()
 }
 
-// waitRows waits until pred holds on the recorder, or timeout.
+// firstAfter returns the first delivery after t.
+func (r *memRecorder) firstAfter(t time.Time) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i, _ := slices.BinarySearchFunc(r.times, t, func(a, b time.Time) int { return a.Compare(b) })
+	for ; i < len(r.times); i++ {
+		if r.times[i].After(t) {
+			return r.times[i], true
+		}
+	}
+	return time.Time{}, false
+}
+
+// wait waits until pred holds on the recorder, or timeout.
 func (r *memRecorder) wait(timeout time.Duration, pred func() bool) bool {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -704,4 +721,144 @@ func (a *async) wait(timeout time.Duration) error {
 	case <-time.After(timeout):
 		return fmt.Errorf("still running after %s", timeout)
 	}
+}
+
+// ownCluster starts a throwaway cluster for a test that stops, restarts or
+// reconfigures the server; it is removed at cleanup.
+func ownCluster(t *testing.T, settings map[string]string) *pgtest.Cluster {
+	t.Helper()
+	ctx, cancel := ctxT(2 * time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{Settings: settings})
+	if errors.Is(err, pgtest.ErrNoBinaries) {
+		t.Skipf("needs PostgreSQL server binaries to run its own cluster: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			log := c.Log()
+			if len(log) > 4000 {
+				log = log[len(log)-4000:]
+			}
+			t.Logf("---- server log ----\n%s", log)
+		}
+		c.Close()
+	})
+	return c
+}
+
+func createDatabase(t *testing.T, c *pgtest.Cluster, prefix string) string {
+	t.Helper()
+	ctx, cancel := ctxT(time.Minute)
+	defer cancel()
+	name, err := c.CreateDatabase(ctx, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.DSN(name)
+}
+
+// rowWriter inserts rows with increasing ids into a table (id bigint
+// PRIMARY KEY, ...) in transactions of 1..batch rows, reconnecting and
+// retrying the same ids (ON CONFLICT DO NOTHING) after errors, until
+// stopped. Commits are synchronous, so an acknowledged row survives a
+// server crash.
+type rowWriter struct {
+	dsn, table string
+	batch      int
+	pause      time.Duration
+	rng        *rand.Rand
+	next       atomic.Int64 // the next id to write
+	errors     atomic.Int64
+	stopc      chan struct{}
+	done       chan struct{}
+	lastErr    atomic.Pointer[string]
+}
+
+func startWriter(dsn, table string, batch int, pause time.Duration, seed uint64) *rowWriter {
+	w := &rowWriter{dsn: dsn, table: table, batch: max(batch, 1), pause: pause,
+		rng: rand.New(rand.NewPCG(seed, 1)), stopc: make(chan struct{}), done: make(chan struct{})}
+	w.next.Store(1)
+	go w.run()
+	return w
+}
+
+func (w *rowWriter) stopped() bool {
+	select {
+	case <-w.stopc:
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *rowWriter) run() {
+	defer close(w.done)
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	ins := `INSERT INTO ` + pgx.Identifier{w.table}.Sanitize() + ` (id) SELECT g FROM generate_series($1::bigint, $2::bigint) g ON CONFLICT DO NOTHING`
+	n := 1
+	for !w.stopped() {
+		if conn == nil {
+			ctx, cancel := ctxT(5 * time.Second)
+			c, err := pgx.Connect(ctx, w.dsn)
+			if err == nil {
+				_, err = c.Exec(ctx, `SET synchronous_commit = on`)
+			}
+			cancel()
+			if err != nil {
+				w.errors.Add(1)
+				w.setErr(err)
+				if c != nil {
+					c.Close(context.Background())
+				}
+				time.Sleep(20 * time.Millisecond) // the server is down: try again soon
+				continue
+			}
+			conn = c
+		}
+		from := w.next.Load()
+		ctx, cancel := ctxT(10 * time.Second)
+		_, err := conn.Exec(ctx, ins, from, from+int64(n)-1)
+		cancel()
+		if err != nil {
+			w.errors.Add(1)
+			w.setErr(err)
+			conn.Close(context.Background())
+			conn = nil
+			continue // retry the same ids
+		}
+		w.next.Store(from + int64(n))
+		n = 1 + w.rng.IntN(w.batch)
+		if w.pause > 0 {
+			time.Sleep(w.pause)
+		}
+	}
+}
+
+func (w *rowWriter) setErr(err error) {
+	s := err.Error()
+	w.lastErr.Store(&s)
+}
+
+// lastError is the last error the writer met ("" if none).
+func (w *rowWriter) lastError() string {
+	if p := w.lastErr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// stop stops the writer and waits for it.
+func (w *rowWriter) stop() {
+	if !w.stopped() {
+		close(w.stopc)
+	}
+	<-w.done
 }
