@@ -501,7 +501,7 @@ type memRecorder struct {
 	total    int
 	lastAt   time.Time
 	maxRowAt map[int64]time.Time // first delivery time per row
-	times    []time.Time          // every delivery, in order
+	times    []time.Time         // every delivery, in order
 	changed  chan struct{}
 }
 
