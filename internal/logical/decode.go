@@ -202,7 +202,7 @@ func partKey(r *relation, t *pglogrepl.TupleData) uint64 {
 }
 
 func (d *decoder) message(r *relation, c *change.Change, oldT, newT *pglogrepl.TupleData, oldIsKey bool) []byte {
-	b := make([]byte, 0, 256)
+	b := make([]byte, 0, messageSize(r, oldT, newT))
 	b = append(b, `{"event_id":"`...)
 	b = append(b, c.EventID...)
 	b = append(b, `","table":`...)
@@ -219,7 +219,7 @@ func (d *decoder) message(r *relation, c *change.Change, oldT, newT *pglogrepl.T
 	b = append(b, `,"source":`...)
 	b = append(b, d.sourceJSON...)
 	b = append(b, `,"lsn":"`...)
-	b = append(b, d.commitLSN.String()...)
+	b = appendLSN(b, uint64(d.commitLSN))
 	b = append(b, `","xid":`...)
 	b = strconv.AppendUint(b, uint64(d.xid), 10)
 	b = append(b, `,"commit_time":"`...)
@@ -236,6 +236,25 @@ func (d *decoder) message(r *relation, c *change.Change, oldT, newT *pglogrepl.T
 		b = append(b, ']')
 	}
 	return append(b, '}')
+}
+
+// messageSize guesses the event's length, so building it rarely grows the
+// buffer: the fixed fields, column names and values with a margin for
+// escaping and array punctuation.
+func messageSize(r *relation, tuples ...*pglogrepl.TupleData) int {
+	n := 256 + len(r.tableJSON) + len(r.schemaJSON)
+	for _, t := range tuples {
+		if t == nil {
+			continue
+		}
+		for i, c := range t.Columns {
+			n += len(c.Data) + len(c.Data)/8 + 8
+			if i < len(r.cols) {
+				n += len(r.cols[i].key)
+			}
+		}
+	}
+	return n
 }
 
 // appendRow renders a tuple as a JSON object (null when absent). keyOnly
@@ -302,4 +321,25 @@ func parse(data []byte) (m pglogrepl.Message, err error) {
 		}
 	}()
 	return pglogrepl.Parse(data)
+}
+
+// appendLSN writes an LSN as PostgreSQL does: upper-case hex "16/B374D848".
+func appendLSN(b []byte, lsn uint64) []byte {
+	const digits = "0123456789ABCDEF"
+	hexU32 := func(b []byte, v uint32) []byte {
+		if v == 0 {
+			return append(b, '0')
+		}
+		var buf [8]byte
+		i := len(buf)
+		for v > 0 {
+			i--
+			buf[i] = digits[v&0xF]
+			v >>= 4
+		}
+		return append(b, buf[i:]...)
+	}
+	b = hexU32(b, uint32(lsn>>32))
+	b = append(b, '/')
+	return hexU32(b, uint32(lsn))
 }

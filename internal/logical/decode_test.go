@@ -148,3 +148,11 @@ func FuzzDecodeChange(f *testing.F) {
 		}
 	})
 }
+
+func TestAppendLSN(t *testing.T) {
+	for _, lsn := range []pglogrepl.LSN{0, 0x16B3748, 0x16_B374D848, 0xFFFFFFFF_FFFFFFFF} {
+		if got := string(appendLSN(nil, uint64(lsn))); got != lsn.String() {
+			t.Errorf("appendLSN(%d) = %s, want %s", lsn, got, lsn.String())
+		}
+	}
+}

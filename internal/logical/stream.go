@@ -36,13 +36,15 @@ const minStatusGap = 100 * time.Millisecond
 func (st *stream) run(ctx context.Context) error {
 	st.sentFlush = pglogrepl.LSN(st.tracker.Confirmed())
 	st.lastStatus = time.Now()
+	// One deadline context serves every receive of a second: a context per
+	// message costs a timer each, which shows at 100k messages a second.
+	var tick ticking
+	defer tick.stop()
 	for {
 		if err := st.maybeSendStatus(ctx, false); err != nil {
 			return err
 		}
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		msg, err := st.conn.ReceiveMessage(rctx)
-		cancel()
+		msg, err := st.conn.ReceiveMessage(tick.next(ctx))
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
 				continue
@@ -202,4 +204,25 @@ func (st *stream) maybeSendStatus(ctx context.Context, force bool) error {
 	st.sentFlush = flush
 	st.lastStatus = now
 	return nil
+}
+
+// ticking hands out a context that expires a second after it was made, and
+// a new one once it has.
+type ticking struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (t *ticking) next(parent context.Context) context.Context {
+	if t.ctx == nil || t.ctx.Err() != nil {
+		t.stop()
+		t.ctx, t.cancel = context.WithTimeout(parent, time.Second)
+	}
+	return t.ctx
+}
+
+func (t *ticking) stop() {
+	if t.cancel != nil {
+		t.cancel()
+	}
 }
