@@ -3,6 +3,7 @@ package pgcdc_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -107,5 +108,46 @@ func TestRedeliverDeadLetters(t *testing.T) {
 	}
 	if n := queryStrings(t, dsn, `SELECT count(*)::text FROM pgcdc_dead_letters`)[0]; n != "0" {
 		t.Fatalf("%s dead letters left, want 0", n)
+	}
+}
+
+func TestNoGoroutineOutlivesServe(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	exec(t, dsn, `CREATE TABLE t (id int PRIMARY KEY)`)
+	before := runtime.NumGoroutine()
+	for _, graceful := range []bool{true, false} {
+		rec := newRecorder()
+		w := newWorker(t, pgcdc.SetPostgresDSN(dsn), pgcdc.SetMaxGoroutines(8),
+			pgcdc.SetLocker(pgcdc.NewAdvisoryLocker(dsn, 0)))
+		w.Handle("t", rec.handle)
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		go func() { errc <- w.Serve(ctx) }()
+		waitStreaming(t, dsn, defaultSlot)
+		exec(t, dsn, `INSERT INTO t VALUES (1)`)
+		rec.waitCount(t, 1)
+		exec(t, dsn, `DELETE FROM t`)
+		if graceful {
+			if err := w.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatalf("Serve after Shutdown = %v", err)
+			}
+		} else {
+			cancel()
+			if err := <-errc; !errors.Is(err, context.Canceled) {
+				t.Fatalf("Serve after cancel = %v", err)
+			}
+		}
+		cancel()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // goroutines finish exiting after Serve returned
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<16)
+		t.Fatalf("%d goroutines after Serve returned, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }
