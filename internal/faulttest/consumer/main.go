@@ -38,6 +38,8 @@ func main() {
 		minRecon   = flag.Duration("min-reconnect", 50*time.Millisecond, "SetMinReconnectInterval")
 		maxRecon   = flag.Duration("max-reconnect", time.Second, "SetMaxReconnectInterval")
 		jitter     = flag.Duration("jitter", 0, "random handler delay in [0, jitter) before recording, so handlers finish out of order")
+		locker     = flag.String("locker", "", `"advisory": elect the streaming instance with pgcdc.NewAdvisoryLocker on -dsn (default: the slot alone)`)
+		lockEvery  = flag.Duration("lock-interval", 200*time.Millisecond, "advisory locker retry and check interval")
 		verbose    = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
@@ -72,6 +74,13 @@ func main() {
 		// A failed record must be retried, never dead-lettered: the test
 		// counts what was recorded.
 		pgcdc.DisableDeadLetter(),
+	}
+	switch *locker {
+	case "":
+	case "advisory":
+		opts = append(opts, pgcdc.SetLocker(pgcdc.NewAdvisoryLocker(*dsn, *lockEvery)))
+	default:
+		fail(log, fmt.Errorf("unknown -locker %q", *locker))
 	}
 	if *workerType != "" {
 		opts = append(opts, pgcdc.SetWorkerType(*workerType))
