@@ -193,14 +193,27 @@ func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		n, err := s.claim(ctx, pool, disp, sql, schemas, names, timeoutMs)
+		// Claim no more than two batches ahead of the handlers: the rest
+		// stays available to other instances.
+		s.mu.Lock()
+		limit := min(s.cfg.BatchSize, 2*s.cfg.BatchSize-len(s.inflight))
+		s.mu.Unlock()
+		if limit <= 0 {
+			select {
+			case <-s.room:
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		n, err := s.claim(ctx, pool, disp, sql, schemas, names, limit, timeoutMs)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		if n >= s.cfg.BatchSize {
+		if n >= limit {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -216,8 +229,8 @@ func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch
 }
 
 // claim claims one batch and dispatches it; it returns the number claimed.
-func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher, sql string, schemas, names []string, timeoutMs int64) (int, error) {
-	rows, err := pool.Query(ctx, sql, schemas, names, s.cfg.BatchSize, s.instance, timeoutMs)
+func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher, sql string, schemas, names []string, limit int, timeoutMs int64) (int, error) {
+	rows, err := pool.Query(ctx, sql, schemas, names, limit, s.instance, timeoutMs)
 	if err != nil {
 		return 0, fmt.Errorf("source %s: claiming events: %w", s.label, err)
 	}
@@ -312,6 +325,10 @@ func (s *Source) resolve(id int64) {
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case s.room <- struct{}{}:
 	default:
 	}
 }

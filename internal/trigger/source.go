@@ -82,6 +82,7 @@ type Source struct {
 	inflight map[int64]struct{} // claimed by this instance, unresolved
 	resolved []int64            // resolved, not deleted yet
 	wake     chan struct{}      // signals the deleter
+	room     chan struct{}      // signals the consumer: a claimed event was resolved
 }
 
 // New returns a source; Run starts it.
@@ -119,6 +120,7 @@ func New(cfg Config) *Source {
 		sourceJSON: rowjson.AppendString(nil, cfg.Name),
 		inflight:   map[int64]struct{}{},
 		wake:       make(chan struct{}, 1),
+		room:       make(chan struct{}, 1),
 	}
 }
 
