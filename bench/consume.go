@@ -37,24 +37,28 @@ import (
 
 // Stats is what the consumer reports.
 type Stats struct {
-	Type      string  `json:"type"`
-	Slot      string  `json:"slot,omitempty"`
-	N         int64   `json:"n"`        // handler calls counted (row events)
-	Distinct  int64   `json:"distinct"` // distinct ids seen
-	Dups      int64   `json:"dups"`     // events whose id was already seen
-	Other     int64   `json:"other"`    // events without an id (e.g. TRUNCATE, PING)
-	FirstNs   int64   `json:"first_ns"` // unix ns of the first counted event
-	LastNs    int64   `json:"last_ns"`  // unix ns of the last counted event
-	TargetNs  int64   `json:"target_ns,omitempty"`
-	HWMKiB    int64   `json:"vmhwm_kib"`
-	RSSKiB    int64   `json:"vmrss_kib"`
-	NumGC     uint32  `json:"num_gc,omitempty"`
-	LatCount  int     `json:"lat_count"`
-	LatP50    float64 `json:"lat_p50_ms"`
-	LatP95    float64 `json:"lat_p95_ms"`
-	LatP99    float64 `json:"lat_p99_ms"`
-	LatMax    float64 `json:"lat_max_ms"`
-	LatBadTS  int64   `json:"lat_bad_ts,omitempty"`
+	Type     string  `json:"type"`
+	Slot     string  `json:"slot,omitempty"`
+	N        int64   `json:"n"`        // handler calls counted (row events)
+	Distinct int64   `json:"distinct"` // distinct ids seen
+	Dups     int64   `json:"dups"`     // events whose id was already seen
+	Other    int64   `json:"other"`    // events without an id (e.g. TRUNCATE, PING)
+	FirstNs  int64   `json:"first_ns"` // unix ns of the first counted event
+	LastNs   int64   `json:"last_ns"`  // unix ns of the last counted event
+	TargetNs int64   `json:"target_ns,omitempty"`
+	HWMKiB   int64   `json:"vmhwm_kib"`
+	RSSKiB   int64   `json:"vmrss_kib"`
+	NumGC    uint32  `json:"num_gc,omitempty"`
+	LatCount int     `json:"lat_count"`
+	LatP50   float64 `json:"lat_p50_ms"`
+	LatP95   float64 `json:"lat_p95_ms"`
+	LatP99   float64 `json:"lat_p99_ms"`
+	LatMax   float64 `json:"lat_max_ms"`
+	LatBadTS int64   `json:"lat_bad_ts,omitempty"`
+	// Commit record (the event's commit_time) → handler; pgcdc only.
+	CLatCount int     `json:"clat_count"`
+	CLatP50   float64 `json:"clat_p50_ms"`
+	CLatP99   float64 `json:"clat_p99_ms"`
 	Err       string  `json:"err,omitempty"`
 	ServeDone bool    `json:"serve_done,omitempty"`
 }
@@ -68,8 +72,9 @@ type counter struct {
 	n, distinct, dups, other, first, last, targetAt, badTS atomic.Int64
 	bits                                                   []atomic.Uint64
 
-	mu   sync.Mutex
-	lats []int64
+	mu    sync.Mutex
+	lats  []int64
+	clats []int64
 }
 
 const maxID = 1 << 23 // ids above this are counted but not checked for duplicates
@@ -80,9 +85,10 @@ func newCounter(lat bool, sleep time.Duration, target int64) *counter {
 }
 
 var (
-	keyNew       = []byte(`"new":`)
-	keyID        = []byte(`"id":`)
-	keyCreatedAt = []byte(`"created_at":"`)
+	keyNew        = []byte(`"new":`)
+	keyID         = []byte(`"id":`)
+	keyCreatedAt  = []byte(`"created_at":"`)
+	keyCommitTime = []byte(`"commit_time":"`)
 )
 
 // parseID finds the "id" of the new row in an event message.
@@ -105,12 +111,21 @@ func parseID(msg []byte) (int64, bool) {
 	return id, k > start
 }
 
-func parseCreatedAt(msg []byte) (time.Time, bool) {
-	i := bytes.Index(msg, keyCreatedAt)
+// pct is the nearest-rank percentile of sorted ns values, in ms.
+func pct(l []int64, p float64) float64 {
+	i := int(p*float64(len(l))+0.5) - 1
+	i = max(0, min(i, len(l)-1))
+	return float64(l[i]) / 1e6
+}
+
+func parseCreatedAt(msg []byte) (time.Time, bool) { return parseTimeField(msg, keyCreatedAt) }
+
+func parseTimeField(msg, key []byte) (time.Time, bool) {
+	i := bytes.Index(msg, key)
 	if i < 0 {
 		return time.Time{}, false
 	}
-	rest := msg[i+len(keyCreatedAt):]
+	rest := msg[i+len(key):]
 	j := bytes.IndexByte(rest, '"')
 	if j < 0 {
 		return time.Time{}, false
@@ -137,8 +152,12 @@ func (c *counter) observe(msg []byte) {
 	if c.lat {
 		if t, ok := parseCreatedAt(msg); ok {
 			d := now.Sub(t).Nanoseconds()
+			ct, cok := parseTimeField(msg, keyCommitTime)
 			c.mu.Lock()
 			c.lats = append(c.lats, d)
+			if cok {
+				c.clats = append(c.clats, now.Sub(ct).Nanoseconds())
+			}
 			c.mu.Unlock()
 		} else {
 			c.badTS.Add(1)
@@ -177,6 +196,7 @@ func (c *counter) reset() {
 	}
 	c.mu.Lock()
 	c.lats = c.lats[:0]
+	c.clats = c.clats[:0]
 	c.mu.Unlock()
 }
 
@@ -187,15 +207,15 @@ func (c *counter) stats(typ string) Stats {
 	s.HWMKiB, s.RSSKiB = procMem("self")
 	c.mu.Lock()
 	l := slices.Clone(c.lats)
+	cl := slices.Clone(c.clats)
 	c.mu.Unlock()
 	if len(l) > 0 {
 		slices.Sort(l)
-		pct := func(p float64) float64 {
-			i := int(p*float64(len(l))+0.5) - 1
-			i = max(0, min(i, len(l)-1))
-			return float64(l[i]) / 1e6
-		}
-		s.LatCount, s.LatP50, s.LatP95, s.LatP99, s.LatMax = len(l), pct(0.50), pct(0.95), pct(0.99), float64(l[len(l)-1])/1e6
+		s.LatCount, s.LatP50, s.LatP95, s.LatP99, s.LatMax = len(l), pct(l, 0.50), pct(l, 0.95), pct(l, 0.99), float64(l[len(l)-1])/1e6
+	}
+	if len(cl) > 0 {
+		slices.Sort(cl)
+		s.CLatCount, s.CLatP50, s.CLatP99 = len(cl), pct(cl, 0.50), pct(cl, 0.99)
 	}
 	return s
 }

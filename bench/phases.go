@@ -490,6 +490,10 @@ func (e *env) phaseLatency(ctx context.Context) error {
 			e.res.add(k+"_p95", lbl+", p95 (ms)", "ms", s.LatP95)
 			e.res.add(k+"_p99", lbl+", p99 (ms)", "ms", s.LatP99)
 			e.res.add(k+"_max", lbl+", max (ms)", "ms", s.LatMax)
+			if s.CLatCount > 0 {
+				e.res.add(k+"_cp50", fmt.Sprintf("P5 pgcdc commit record (event commit_time) → handler at %dk rows/s, p50 (ms)", r/1000), "ms", s.CLatP50)
+				e.res.add(k+"_cp99", fmt.Sprintf("P5 pgcdc commit record (event commit_time) → handler at %dk rows/s, p99 (ms)", r/1000), "ms", s.CLatP99)
+			}
 			step("P5 run %d/%d at %d rows/s: %d events, p50/p95/p99/max %.2f/%.2f/%.2f/%.2f ms, dups %d",
 				run+1, c.runs, r, s.LatCount, s.LatP50, s.LatP95, s.LatP99, s.LatMax, s.Dups)
 		}
