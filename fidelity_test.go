@@ -15,15 +15,17 @@ import (
 // type, user types, NULLs, a 1.3 MB value) and checks that the final event
 // of every row equals row_to_json of that row byte for byte, and that the
 // DELETE events carry the same rows as old.
-func TestAllTypesThroughReplication(t *testing.T) {
+func TestAllTypesThroughReplication(t *testing.T) { forEachMode(t, testAllTypesThroughReplication) }
+
+func testAllTypesThroughReplication(t *testing.T, m mode) {
 	dsn := pgtest.NewDatabase(t)
 	ddl, dml := pgtest.AllTypes()
 	exec(t, dsn, ddl+"ALTER TABLE t REPLICA IDENTITY FULL;")
 	rec := newRecorder()
-	w := newWorker(t, pgcdc.SetPostgresDSN(dsn), pgcdc.SetMaxGoroutines(4))
+	w := m.newWorker(t, pgcdc.SetPostgresDSN(dsn), pgcdc.SetMaxGoroutines(4))
 	w.Handle("t", rec.handle)
 	serve(t, w)
-	waitStreaming(t, dsn, defaultSlot)
+	m.ready(t, dsn, defaultSlot, 1)
 	exec(t, dsn, dml)
 	want := map[int]string{}
 	for _, row := range queryStrings(t, dsn, `SELECT row_to_json(t)::text FROM t`) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgcdc/pgcdc"
 	"github.com/pgcdc/pgcdc/internal/pgtest"
+	"github.com/pgcdc/pgcdc/internal/trigger"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -195,4 +196,77 @@ func newWorker(t *testing.T, opts ...pgcdc.OptionFunc) *pgcdc.Worker {
 		t.Fatal(err)
 	}
 	return w
+}
+
+// mode is a capture engine the shared integration tests run against.
+type mode struct {
+	name string
+	opt  pgcdc.OptionFunc
+}
+
+var modes = []mode{
+	{"logical", pgcdc.SetCaptureMode(pgcdc.CaptureLogical)},
+	{"trigger", pgcdc.SetCaptureMode(pgcdc.CaptureTrigger)},
+}
+
+// forEachMode runs one test against every capture engine.
+func forEachMode(t *testing.T, test func(*testing.T, mode)) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) { test(t, m) })
+	}
+}
+
+func (m mode) newWorker(t *testing.T, opts ...pgcdc.OptionFunc) *pgcdc.Worker {
+	t.Helper()
+	return newWorker(t, append([]pgcdc.OptionFunc{m.opt}, opts...)...)
+}
+
+// ready waits until the worker captures: its slot is read (logical), or
+// its trigger is on the n routed tables (trigger).
+func (m mode) ready(t *testing.T, dsn, slot string, n int) {
+	t.Helper()
+	if m.name == "logical" {
+		waitStreaming(t, dsn, slot)
+		return
+	}
+	waitQuery(t, dsn, fmt.Sprintf(`SELECT count(*) >= %d FROM pg_trigger WHERE tgname = $1`, n), trigger.TriggerName("pgcdc"))
+}
+
+// settled waits until everything written so far is confirmed: the slot's
+// position reached the current WAL end (logical), or the event table is
+// empty (trigger).
+func (m mode) settled(t *testing.T, dsn, slot string) {
+	t.Helper()
+	if m.name == "logical" {
+		lsn := queryStrings(t, dsn, `SELECT pg_current_wal_lsn()::text`)[0]
+		waitSlotConfirmed(t, dsn, slot, lsn)
+		return
+	}
+	waitQuery(t, dsn, `SELECT NOT EXISTS (SELECT 1 FROM pgcdc.`+trigger.EventTable+`) AND $1::text IS NOT NULL`, "x")
+}
+
+// waitQuery polls a boolean query until it is true.
+func waitQuery(t *testing.T, dsn, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for {
+		var ok bool
+		if err := conn.QueryRow(ctx, sql, args...).Scan(&ok); err != nil && ctx.Err() == nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		if ok {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", sql)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

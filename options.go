@@ -49,6 +49,8 @@ type option struct {
 	deadLetterTable      string
 	deadLetterOff        bool
 	recreateLostSlot     bool
+	captureMode          CaptureMode
+	triggerSchema        string
 }
 
 // Defaults used when an option is not given (or given as zero).
@@ -194,6 +196,12 @@ func (o *option) fill() {
 	if o.maxRetryBackoff == 0 {
 		o.maxRetryBackoff = max(DefaultMaxRetryBackoff, o.minRetryBackoff)
 	}
+	if o.captureMode == "" {
+		o.captureMode = CaptureLogical
+	}
+	if o.triggerSchema == "" {
+		o.triggerSchema = "pgcdc"
+	}
 	if o.deadLetterTable == "" {
 		o.deadLetterSchema, o.deadLetterTable = splitRoute(DefaultDeadLetterTable)
 	}
@@ -240,6 +248,11 @@ func (o *option) validate() error {
 	}
 	if o.deadLetterTable == "" || o.deadLetterSchema == "" {
 		bad("SetDeadLetterTable: empty schema or table name")
+	}
+	switch o.captureMode {
+	case CaptureLogical, CaptureTrigger, CaptureAuto:
+	default:
+		bad("SetCaptureMode(%q): want %q, %q or %q", o.captureMode, CaptureLogical, CaptureTrigger, CaptureAuto)
 	}
 	for _, fn := range o.dbOptions {
 		if fn == nil {

@@ -73,7 +73,7 @@ type Worker struct {
 	stop    chan struct{}
 	done    chan struct{}
 	hard    context.CancelFunc
-	sources map[string]*logical.Source
+	sources map[string]engine
 }
 
 // NewWorker checks the options and returns a worker. It does no I/O; every
@@ -124,9 +124,9 @@ func (w *Worker) Serve(ctx context.Context) error {
 	w.state = 1
 	hardCtx, hard := context.WithCancel(ctx)
 	w.hard = hard
-	w.sources = map[string]*logical.Source{}
+	w.sources = map[string]engine{}
 	for _, cfg := range plan {
-		w.sources[cfg.Name] = logical.New(cfg)
+		w.sources[cfg.Name] = w.newEngine(cfg)
 	}
 	w.mu.Unlock()
 	defer close(w.done)
@@ -198,7 +198,7 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 
 // Lag returns the replication lag of a source in bytes: how far the
 // server's WAL is ahead of the position pgcdc has confirmed. It is -1 while
-// the source is not streaming.
+// the source is not streaming, and for the trigger engine (see Backlog).
 func (w *Worker) Lag(sourceName string) int64 {
 	w.mu.Lock()
 	s := w.sources[sourceName]
