@@ -210,3 +210,23 @@ func quoteLiteral(s string) string {
 	}
 	return string(append(out, '\''))
 }
+
+// Backlog returns how many captured changes of a source wait in the trigger
+// engine's event table (claimed or not). For the logical engine it returns
+// -1; see Lag.
+func (w *Worker) Backlog(ctx context.Context, sourceName string) (int64, error) {
+	w.mu.Lock()
+	e := w.sources[sourceName]
+	w.mu.Unlock()
+	if a, ok := e.(*autoEngine); ok {
+		if c := a.chosen.Load(); c != nil {
+			e = *c
+		}
+	}
+	if b, ok := e.(interface {
+		Backlog(context.Context) (int64, error)
+	}); ok {
+		return b.Backlog(ctx)
+	}
+	return -1, nil
+}

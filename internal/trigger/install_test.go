@@ -30,7 +30,7 @@ CREATE SCHEMA "Shop";
 CREATE TABLE "Shop"."we""ird" ("a b" text, id int, "ñ" text, PRIMARY KEY ("a b", id));
 `
 
-func pool(t *testing.T, dsn string) *pgxpool.Pool {
+func pool(t testing.TB, dsn string) *pgxpool.Pool {
 	t.Helper()
 	p, err := pgxpool.New(context.Background(), dsn)
 	if err != nil {
