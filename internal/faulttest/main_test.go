@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -861,4 +862,9 @@ func (w *rowWriter) stop() {
 		close(w.stopc)
 	}
 	<-w.done
+}
+
+// slogDebug logs everything, at debug level, into w.
+func slogDebug(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
