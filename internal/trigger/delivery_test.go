@@ -27,9 +27,9 @@ func TestOrderAndSharingTwoInstances(t *testing.T) {
 	pgtest.Exec(t, dsn, `CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)`)
 	const keys, writers, updates = 20, 4, 600 // updates per writer
 	var mu sync.Mutex
-	seen := map[string]int{}        // event_id -> times handled
-	busy := map[int]string{}        // key -> event being handled
-	values := map[int][]int{}       // key -> n in handling order
+	seen := map[string]int{}  // event_id -> times handled
+	busy := map[int]string{}  // key -> event being handled
+	values := map[int][]int{} // key -> n in handling order
 	perInstance := [2]atomic.Int64{}
 	var violations []string
 	handler := func(inst int) dispatch.Handler {
