@@ -60,7 +60,7 @@ func suiteSizes() sizes {
 
 // newRand returns a generator seeded from PGCDC_FAULT_SEED or the clock,
 // logging the seed so a failure can be replayed.
-func newRand(t *testing.T) *rand.Rand {
+func newRand(t testing.TB) *rand.Rand {
 	t.Helper()
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("PGCDC_FAULT_SEED"); s != "" {
@@ -75,7 +75,7 @@ func newRand(t *testing.T) *rand.Rand {
 }
 
 // figures logs the scenario's figures in the fixed format.
-func figures(t *testing.T, scenario string, written, delivered, duplicates int, maxTakeover time.Duration) {
+func figures(t testing.TB, scenario string, written, delivered, duplicates int, maxTakeover time.Duration) {
 	t.Helper()
 	mt := "-"
 	if maxTakeover > 0 {
@@ -86,7 +86,7 @@ func figures(t *testing.T, scenario string, written, delivered, duplicates int, 
 
 // ---- database helpers ----
 
-func newPool(t *testing.T, dsn string) *pgxpool.Pool {
+func newPool(t testing.TB, dsn string) *pgxpool.Pool {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
@@ -101,7 +101,7 @@ func newPool(t *testing.T, dsn string) *pgxpool.Pool {
 	return p
 }
 
-func execSQL(t *testing.T, dsn, sql string, args ...any) {
+func execSQL(t testing.TB, dsn, sql string, args ...any) {
 	t.Helper()
 	pgtest.Exec(t, dsn, sql, args...)
 }
@@ -110,7 +110,7 @@ func ctxT(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
 }
 
-func queryInt(t *testing.T, p *pgxpool.Pool, sql string, args ...any) int64 {
+func queryInt(t testing.TB, p *pgxpool.Pool, sql string, args ...any) int64 {
 	t.Helper()
 	ctx, cancel := ctxT(time.Minute)
 	defer cancel()
@@ -127,7 +127,7 @@ func queryInt(t *testing.T, p *pgxpool.Pool, sql string, args ...any) int64 {
 // waitUntil polls cond every poll until it reports true, failing the test
 // after timeout. Errors from cond are remembered (and shown on timeout) but
 // do not stop the wait: the server may be restarting.
-func waitUntil(t *testing.T, timeout, poll time.Duration, what string, cond func(ctx context.Context) (bool, error)) {
+func waitUntil(t testing.TB, timeout, poll time.Duration, what string, cond func(ctx context.Context) (bool, error)) {
 	t.Helper()
 	if err := pollUntil(timeout, poll, cond); err != nil {
 		t.Fatalf("waiting for %s: %v", what, err)
@@ -183,7 +183,7 @@ func readSlot(ctx context.Context, p *pgxpool.Pool, slot string) (slotState, err
 	return st, nil
 }
 
-func waitSlotActive(t *testing.T, p *pgxpool.Pool, slot string, active bool) {
+func waitSlotActive(t testing.TB, p *pgxpool.Pool, slot string, active bool) {
 	t.Helper()
 	waitUntil(t, time.Minute, 20*time.Millisecond, fmt.Sprintf("slot %s active=%v", slot, active), func(ctx context.Context) (bool, error) {
 		st, err := readSlot(ctx, p, slot)
@@ -192,7 +192,7 @@ func waitSlotActive(t *testing.T, p *pgxpool.Pool, slot string, active bool) {
 }
 
 // waitSlotConfirmed waits until the slot's confirmed_flush_lsn reaches lsn.
-func waitSlotConfirmed(t *testing.T, p *pgxpool.Pool, slot, lsn string, timeout time.Duration) {
+func waitSlotConfirmed(t testing.TB, p *pgxpool.Pool, slot, lsn string, timeout time.Duration) {
 	t.Helper()
 	waitUntil(t, timeout, 50*time.Millisecond, fmt.Sprintf("slot %s confirmed >= %s", slot, lsn), func(ctx context.Context) (bool, error) {
 		var ok bool
@@ -201,7 +201,7 @@ func waitSlotConfirmed(t *testing.T, p *pgxpool.Pool, slot, lsn string, timeout 
 	})
 }
 
-func currentLSN(t *testing.T, p *pgxpool.Pool) string {
+func currentLSN(t testing.TB, p *pgxpool.Pool) string {
 	t.Helper()
 	ctx, cancel := ctxT(time.Minute)
 	defer cancel()
@@ -220,7 +220,7 @@ func slotName(workerType string) string { return "pgcdc_" + workerType + "_defau
 
 // newRecordDB creates a database holding the table "seen" the consumer
 // process records each delivery into (see consumer/main.go).
-func newRecordDB(t *testing.T) string {
+func newRecordDB(t testing.TB) string {
 	t.Helper()
 	dsn := pgtest.NewDatabase(t)
 	execSQL(t, dsn, `CREATE TABLE seen (
@@ -250,7 +250,7 @@ type seenRow struct {
 	at      time.Time
 }
 
-func loadSeen(t *testing.T, p *pgxpool.Pool) []seenRow {
+func loadSeen(t testing.TB, p *pgxpool.Pool) []seenRow {
 	t.Helper()
 	ctx, cancel := ctxT(5 * time.Minute)
 	defer cancel()
@@ -289,7 +289,7 @@ func parseLSN(s string) (uint64, error) {
 	return h<<32 | l, nil
 }
 
-func mustLSN(t *testing.T, s string) uint64 {
+func mustLSN(t testing.TB, s string) uint64 {
 	t.Helper()
 	v, err := parseLSN(s)
 	if err != nil {
@@ -319,7 +319,7 @@ type eventInfo struct {
 	firstID int64
 }
 
-func countSeen(t *testing.T, written []int64, seen []seenRow) *tally {
+func countSeen(t testing.TB, written []int64, seen []seenRow) *tally {
 	t.Helper()
 	tl := &tally{written: len(written), events: map[string]*eventInfo{}}
 	byRow := map[int64]int{}
@@ -348,7 +348,7 @@ func countSeen(t *testing.T, written []int64, seen []seenRow) *tally {
 	return tl
 }
 
-func (tl *tally) check(t *testing.T) {
+func (tl *tally) check(t testing.TB) {
 	t.Helper()
 	if len(tl.missing) > 0 {
 		show := tl.missing
@@ -362,7 +362,7 @@ func (tl *tally) check(t *testing.T) {
 	}
 }
 
-func writtenIDs(t *testing.T, p *pgxpool.Pool, table string) []int64 {
+func writtenIDs(t testing.TB, p *pgxpool.Pool, table string) []int64 {
 	t.Helper()
 	ctx, cancel := ctxT(5 * time.Minute)
 	defer cancel()
@@ -382,7 +382,7 @@ func writtenIDs(t *testing.T, p *pgxpool.Pool, table string) []int64 {
 var buildMu sync.Mutex
 
 // buildConsumer builds ./consumer into a temporary directory.
-func buildConsumer(t *testing.T) string {
+func buildConsumer(t testing.TB) string {
 	t.Helper()
 	buildMu.Lock()
 	defer buildMu.Unlock()
@@ -418,7 +418,7 @@ type proc struct {
 
 // startConsumer runs the consumer binary with args; its stderr goes to a
 // log file shown when the test fails. The process is killed at cleanup.
-func startConsumer(t *testing.T, bin, name string, args ...string) *proc {
+func startConsumer(t testing.TB, bin, name string, args ...string) *proc {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	f, err := os.Create(logPath)
@@ -466,7 +466,7 @@ func (p *proc) kill() {
 }
 
 // term asks for a graceful stop and waits for the exit.
-func (p *proc) term(t *testing.T, timeout time.Duration) {
+func (p *proc) term(t testing.TB, timeout time.Duration) {
 	t.Helper()
 	if p.exited() {
 		t.Errorf("%s had already exited: %v\n%s", p.name, p.err, p.tail(3000))
@@ -622,7 +622,7 @@ func (s *syncBuffer) String() string {
 
 // bufLogger logs at debug level into a buffer; the buffer is printed when
 // the test fails.
-func bufLogger(t *testing.T) (*slog.Logger, *syncBuffer) {
+func bufLogger(t testing.TB) (*slog.Logger, *syncBuffer) {
 	buf := &syncBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -644,7 +644,7 @@ type serving struct {
 	done bool
 }
 
-func serve(t *testing.T, w *pgcdc.Worker) *serving {
+func serve(t testing.TB, w *pgcdc.Worker) *serving {
 	t.Helper()
 	s := &serving{w: w, errc: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -674,7 +674,7 @@ func (s *serving) wait(timeout time.Duration) bool {
 }
 
 // stop shuts the worker down and checks that Serve returned nil.
-func (s *serving) stop(t *testing.T) {
+func (s *serving) stop(t testing.TB) {
 	t.Helper()
 	ctx, cancel := ctxT(30 * time.Second)
 	defer cancel()
@@ -726,7 +726,7 @@ func (a *async) wait(timeout time.Duration) error {
 
 // ownCluster starts a throwaway cluster for a test that stops, restarts or
 // reconfigures the server; it is removed at cleanup.
-func ownCluster(t *testing.T, settings map[string]string) *pgtest.Cluster {
+func ownCluster(t testing.TB, settings map[string]string) *pgtest.Cluster {
 	t.Helper()
 	ctx, cancel := ctxT(2 * time.Minute)
 	defer cancel()
@@ -750,7 +750,7 @@ func ownCluster(t *testing.T, settings map[string]string) *pgtest.Cluster {
 	return c
 }
 
-func createDatabase(t *testing.T, c *pgtest.Cluster, prefix string) string {
+func createDatabase(t testing.TB, c *pgtest.Cluster, prefix string) string {
 	t.Helper()
 	ctx, cancel := ctxT(time.Minute)
 	defer cancel()
@@ -868,3 +868,5 @@ func (w *rowWriter) stop() {
 func slogDebug(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+const sigterm = syscall.SIGTERM

@@ -1,6 +1,8 @@
 package faulttest
 
 import (
+	"bufio"
+	"encoding/binary"
 	"io"
 	"net"
 	"sync"
@@ -12,6 +14,9 @@ import (
 type proxy struct {
 	ln     net.Listener
 	target string
+	// rewrite, if set, sees every message the server sends (type and body)
+	// and returns the body to forward instead.
+	rewrite func(typ byte, body []byte) []byte
 
 	mu       sync.Mutex
 	conns    map[net.Conn]struct{}
@@ -22,13 +27,16 @@ type proxy struct {
 
 // newProxy listens on 127.0.0.1:0 and forwards to target; it is closed at
 // cleanup.
-func newProxy(t *testing.T, target string) *proxy {
+func newProxy(t testing.TB, target string, rewrite ...func(typ byte, body []byte) []byte) *proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	if len(rewrite) > 0 {
+		p.rewrite = rewrite[0]
+	}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.close)
@@ -61,8 +69,12 @@ func (p *proxy) accept() {
 		p.accepted++
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(c, up)
 		go p.pipe(up, c)
+		if p.rewrite != nil {
+			go p.pipeMessages(c, up)
+		} else {
+			go p.pipe(c, up)
+		}
 	}
 }
 
@@ -72,6 +84,34 @@ func (p *proxy) pipe(dst, src net.Conn) {
 	_, _ = io.Copy(dst, src)
 	p.drop(dst)
 	p.drop(src)
+}
+
+// pipeMessages copies the server's protocol messages from src to dst through
+// p.rewrite. (No SSL or GSS negotiation: the DSN must say sslmode=disable.)
+func (p *proxy) pipeMessages(dst, src net.Conn) {
+	defer p.wg.Done()
+	defer p.drop(dst)
+	defer p.drop(src)
+	r := bufio.NewReaderSize(src, 64<<10)
+	var hdr [5]byte
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
+		if n < 0 {
+			return
+		}
+		body := make([]byte, n)
+		if _, err := io.ReadFull(r, body); err != nil {
+			return
+		}
+		body = p.rewrite(hdr[0], body)
+		binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
+		if _, err := dst.Write(append(hdr[:], body...)); err != nil {
+			return
+		}
+	}
 }
 
 func (p *proxy) drop(c net.Conn) {
