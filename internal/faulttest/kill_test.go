@@ -110,7 +110,7 @@ func TestKillConsumer(t *testing.T) {
 		run++
 		cur = startConsumer(t, bin, fmt.Sprintf("run%02d", run), "-dsn", dsn, "-record-dsn", recDSN, "-table", "rows",
 			"-worker-type", wt, "-run", strconv.Itoa(run), "-instance", "solo", "-goroutines", "8",
-			"-jitter", "500us", "-min-reconnect", "50ms", "-max-reconnect", "1s")
+			"-jitter", "500us", "-fail-rate", "0.002", "-min-reconnect", "50ms", "-max-reconnect", "1s")
 	}
 	startRun()
 	// Rows written before the slot exists are not captured: start the load
@@ -122,33 +122,87 @@ func TestKillConsumer(t *testing.T) {
 	load := goAsync(func() error { return writeLoad(loadCtx, dsn, "rows", mixedLoad(sz.rows)) })
 	loadStart := time.Now()
 
-	// Kill points: progress thresholds (deliveries recorded) spread over the
-	// load at random.
+	// Kill points: positions in the load (the highest row id the current run
+	// has recorded), at random.
 	points := make([]int64, sz.kills)
 	for i := range points {
 		points[i] = int64(sz.rows/50) + rng.Int64N(int64(sz.rows*95/100-sz.rows/50))
 	}
 	slices.Sort(points)
-	t.Logf("kill points (recorded deliveries): %v", points)
+	t.Logf("kill points (row positions): %v", points)
+
+	// One more kill in the middle of the COPY transaction: once the current
+	// run has recorded half of its rows (they all share one commit LSN).
+	copyFrom, copyTo := int64(0), int64(0)
+	for _, ph := range mixedLoad(sz.rows) {
+		if ph.kind == "copy" {
+			copyTo = copyFrom + int64(ph.rows)
+			break
+		}
+		copyFrom += int64(ph.rows)
+	}
+	copyFrom++
+	midCopyDone := false
 
 	var samples []killSample
 	var lastKill time.Time
-	for _, pt := range points {
-		// Wait for the point, and for the current run to have recorded
-		// something (so each kill hits a streaming consumer).
-		waitUntil(t, 3*time.Minute, 10*time.Millisecond, fmt.Sprintf("%d deliveries recorded by run %d", pt, run), func(ctx context.Context) (bool, error) {
+	for pi := 0; pi < len(points) || !midCopyDone; {
+		// Wait for the next point or the middle of the COPY, and for the
+		// current run to have recorded something (so each kill hits a
+		// streaming consumer).
+		why := ""
+		waitUntil(t, 3*time.Minute, 10*time.Millisecond, fmt.Sprintf("kill point %d/%d (mid-COPY done: %v) for run %d", pi, len(points), midCopyDone, run), func(ctx context.Context) (bool, error) {
 			if cur.exited() {
 				return false, fmt.Errorf("consumer run %d exited: %v", run, cur.err)
 			}
 			if err, done := load.result(); done && err != nil {
 				t.Fatalf("load: %v", err)
 			}
-			var maxID, maxRun *int64
-			if err := rec.QueryRow(ctx, `SELECT max(id), max(run) FROM seen`).Scan(&maxID, &maxRun); err != nil {
+			var maxRow *int64
+			if err := rec.QueryRow(ctx, `SELECT max(row_id) FROM seen WHERE run = $1`, run).Scan(&maxRow); err != nil {
 				return false, err
 			}
-			return maxID != nil && *maxID >= pt && *maxRun == int64(run), nil
+			if maxRow == nil {
+				return false, nil
+			}
+			if pi < len(points) && *maxRow >= points[pi] {
+				why = fmt.Sprintf("row %d+", points[pi])
+				pi++
+				return true, nil
+			}
+			if !midCopyDone {
+				var n int64
+				if err := rec.QueryRow(ctx, `SELECT count(DISTINCT row_id) FROM seen WHERE run = $1 AND row_id BETWEEN $2 AND $3`, run, copyFrom, copyTo).Scan(&n); err != nil {
+					return false, err
+				}
+				if n >= (copyTo-copyFrom+1)/2 {
+					why = fmt.Sprintf("mid-COPY (%d of its %d rows recorded by this run)", n, copyTo-copyFrom+1)
+					midCopyDone = true
+					return true, nil
+				}
+			}
+			if pi >= len(points) && !midCopyDone {
+				// Only the mid-COPY kill is left: if the COPY is already
+				// confirmed, it cannot happen any more.
+				st, err := readSlot(ctx, src, slot)
+				if err != nil {
+					return false, err
+				}
+				var copyLSN *string
+				if err := rec.QueryRow(ctx, `SELECT max(lsn)::text FROM seen WHERE row_id = $1`, copyFrom).Scan(&copyLSN); err != nil {
+					return false, err
+				}
+				if copyLSN != nil && st.confirmed != "" && mustLSN(t, st.confirmed) > mustLSN(t, *copyLSN) {
+					t.Errorf("the COPY transaction was confirmed before any run recorded half of it: the mid-COPY kill did not happen")
+					midCopyDone = true
+					return false, nil
+				}
+			}
+			return false, nil
 		})
+		if why == "" {
+			break
+		}
 		if !lastKill.IsZero() {
 			samples[len(samples)-1].resume = resumeTime(t, rec, run, lastKill)
 		}
@@ -163,7 +217,7 @@ func TestKillConsumer(t *testing.T) {
 			t.Fatalf("slot after kill: %+v %v", st, err)
 		}
 		samples = append(samples, killSample{run: run, confirmed: mustLSN(t, st.confirmed)})
-		t.Logf("killed run %d at %d+ deliveries (load %s in); slot confirmed_flush_lsn %s", run, pt, time.Since(loadStart).Round(time.Millisecond), st.confirmed)
+		t.Logf("killed run %d at %s (load %s in); slot confirmed_flush_lsn %s", run, why, time.Since(loadStart).Round(time.Millisecond), st.confirmed)
 		startRun()
 	}
 

@@ -38,6 +38,8 @@ func main() {
 		minRecon   = flag.Duration("min-reconnect", 50*time.Millisecond, "SetMinReconnectInterval")
 		maxRecon   = flag.Duration("max-reconnect", time.Second, "SetMaxReconnectInterval")
 		jitter     = flag.Duration("jitter", 0, "random handler delay in [0, jitter) before recording, so handlers finish out of order")
+		minRetry   = flag.Duration("min-retry", 10*time.Millisecond, "SetRetryBackoff minimum (maximum: 1s)")
+		failRate   = flag.Float64("fail-rate", 0, "probability that a handler call fails (before recording), to exercise retries")
 		locker     = flag.String("locker", "", `"advisory": elect the streaming instance with pgcdc.NewAdvisoryLocker on -dsn (default: the slot alone)`)
 		lockEvery  = flag.Duration("lock-interval", 200*time.Millisecond, "advisory locker retry and check interval")
 		verbose    = flag.Bool("v", false, "debug logging")
@@ -71,6 +73,7 @@ func main() {
 		pgcdc.SetMinReconnectInterval(*minRecon),
 		pgcdc.SetMaxReconnectInterval(*maxRecon),
 		pgcdc.SetLogger(log),
+		pgcdc.SetRetryBackoff(*minRetry, max(*minRetry, time.Second)),
 		// A failed record must be retried, never dead-lettered: the test
 		// counts what was recorded.
 		pgcdc.DisableDeadLetter(),
@@ -106,6 +109,9 @@ func main() {
 		}
 		if *jitter > 0 {
 			time.Sleep(rand.N(*jitter))
+		}
+		if *failRate > 0 && rand.Float64() < *failRate {
+			return fmt.Errorf("injected failure for event %s", ec.Key())
 		}
 		_, err := pool.Exec(ec.Context(), `INSERT INTO seen (event_id, tbl, action, row_id, lsn, run, inst)
 			VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7)`,
