@@ -16,19 +16,31 @@ import (
 
 // viaProxy returns dsn rewritten to connect through a new proxy to the
 // server dsn names.
-func viaProxy(t *testing.T, dsn string) (string, *proxy) {
+func viaProxy(t testing.TB, dsn string) (string, *proxy) {
+	t.Helper()
+	p := newProxy(t, serverAddr(t, dsn))
+	return withPort(t, dsn, p.port()), p
+}
+
+// serverAddr is the host:port dsn connects to.
+func serverAddr(t testing.TB, dsn string) string {
 	t.Helper()
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newProxy(t, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
+	return net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
+}
+
+// withPort returns dsn pointed at 127.0.0.1:port, everything else kept.
+func withPort(t testing.TB, dsn string, port int) string {
+	t.Helper()
 	u, err := url.Parse(dsn)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		return fmt.Sprintf("%s host=127.0.0.1 port=%d", dsn, p.port()), p
+		return fmt.Sprintf("%s host=127.0.0.1 port=%d", dsn, port)
 	}
-	u.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(p.port()))
-	return u.String(), p
+	u.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return u.String()
 }
 
 // cutRun is a worker streaming table "rows" through a proxy while a writer

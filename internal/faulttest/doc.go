@@ -26,9 +26,12 @@
 //  7. TestSlotDroppedWhileStreaming, TestSlotDroppedWhileStopped,
 //     TestSlotWALLost: a lost or missing slot stops the worker with
 //     pgcdc.ErrSlotLost.
-//  8. TestBadInput: unreachable host, wrong password, missing REPLICATION,
-//     wal_level=replica, missing table, table without a primary key, odd
-//     identifiers, a DSN with a password that must never be printed.
+//  8. TestBadInput: unreachable host, wrong password (a cluster whose
+//     pg_hba.conf asks for SCRAM), missing REPLICATION, wal_level=replica,
+//     missing table, table without a primary key, odd identifiers, a DSN
+//     with a password that must never be printed.
+//     FuzzPgoutputDecode: arbitrary pgoutput messages injected by a proxy
+//     into a consumer's stream; the consumer must not panic.
 //
 // Each scenario logs one line
 //
@@ -41,9 +44,10 @@
 //
 // # Sizes
 //
-// By default the suite runs at CI size (10k rows, 5 kills, 2 restarts, 3
-// cuts, 128 MB of WAL; under 4 minutes on 2 cores). The full size (100k
-// rows, 20 kills, 5 restarts, 10 cuts, 1 GB of WAL) runs with:
+// By default the suite runs at CI size (10k rows, 5+1 kills, 2 restarts, 3
+// cuts, 3 takeovers, 128 MB of WAL; about 2 minutes with -race on 2 cores).
+// The full size (100k rows, 20+1 kills, 5 restarts, 10 cuts, 10 takeovers,
+// 1 GB of WAL) runs with:
 //
 //	PGCDC_FAULT_FULL=1 go test ./internal/faulttest/ -run . -v -timeout 60m
 //

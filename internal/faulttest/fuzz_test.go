@@ -4,15 +4,12 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcdc/pgcdc/internal/pgtest"
 )
@@ -70,11 +67,7 @@ func FuzzPgoutputDecode(f *testing.F) {
 
 	bin := buildConsumer(f)
 	var replacement atomic.Pointer[[]byte]
-	cfg, err := pgconn.ParseConfig(dsn)
-	if err != nil {
-		f.Fatal(err)
-	}
-	px := newProxy(f, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), func(typ byte, body []byte) []byte {
+	px := newProxy(f, serverAddr(f, dsn), func(typ byte, body []byte) []byte {
 		// CopyData carrying XLogData ('w', 24 bytes of positions and time)
 		// whose WAL data is an Insert.
 		if typ == 'd' && len(body) > 25 && body[0] == 'w' && body[25] == 'I' {
@@ -84,7 +77,7 @@ func FuzzPgoutputDecode(f *testing.F) {
 		}
 		return body
 	})
-	pdsn := fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", cfg.User, px.port(), cfg.Database)
+	pdsn := withPort(f, dsn, px.port())
 	var n atomic.Int64
 
 	f.Fuzz(func(t *testing.T, msg []byte) {

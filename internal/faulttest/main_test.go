@@ -54,7 +54,7 @@ func suiteSizes() sizes {
 			standbyRows: 20_000, cutRowsBatch: 10}
 	}
 	return sizes{rows: 10_000, kills: 5, restarts: 2, restartRows: 5_000, cuts: 3,
-		poisonRows: 5_000, instances: 3, takeovers: 3, walBytes: 128 << 20, lagLimit: 32 << 20,
+		poisonRows: 5_000, instances: 3, takeovers: 3, walBytes: 128 << 20, lagLimit: 64 << 20,
 		standbyRows: 3_000, cutRowsBatch: 10}
 }
 
