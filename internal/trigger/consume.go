@@ -71,6 +71,7 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 		err = cause
 	}
 
+	s.cfg.Logger.Info("pgcdc: trigger source stopping: waiting for the handlers in flight", "source", s.cfg.Name, "cause", err)
 	stopCtx := ctx
 	if ctx.Err() != nil {
 		stopCtx = context.Background()
@@ -166,21 +167,20 @@ func (s *Source) claimSQL() string {
 	ORDER BY e.id
 	LIMIT $3
 	FOR UPDATE SKIP LOCKED
-), blocked AS (
-	SELECT p.row_key, min(p.id) AS first_id FROM ` + t + ` p
-	WHERE p.row_key IN (SELECT row_key FROM cand)
-		AND p.id < (SELECT max(id) FROM cand)
+), earlier AS (
+	-- Events before the batch's last one, outside the batch and not validly
+	-- claimed by this instance: each holds back the later events of its key.
+	SELECT p.id, p.row_key, p.schema_name, p.table_name FROM ` + t + ` p
+	WHERE p.id < (SELECT max(id) FROM cand)
 		AND NOT EXISTS (SELECT 1 FROM cand c WHERE c.id = p.id)
 		AND (p.claimed_by IS DISTINCT FROM $4 OR p.claimed_until IS NULL OR p.claimed_until < now())
-	GROUP BY p.row_key
 )
 UPDATE ` + t + ` e SET claimed_until = now() + $5 * interval '1 millisecond', claimed_by = $4
 FROM cand c
-WHERE e.id = c.id AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.row_key = c.row_key AND b.first_id < c.id)
-	AND (c.action <> 'TRUNCATE' OR NOT EXISTS (SELECT 1 FROM ` + t + ` p
-		WHERE p.id < c.id AND p.schema_name = c.schema_name AND p.table_name = c.table_name
-			AND NOT EXISTS (SELECT 1 FROM cand c2 WHERE c2.id = p.id)
-			AND (p.claimed_by IS DISTINCT FROM $4 OR p.claimed_until IS NULL OR p.claimed_until < now())))
+WHERE e.id = c.id
+	AND NOT EXISTS (SELECT 1 FROM earlier b WHERE b.row_key = c.row_key AND b.id < c.id)
+	AND (c.action <> 'TRUNCATE' OR NOT EXISTS (SELECT 1 FROM earlier b
+		WHERE b.schema_name = c.schema_name AND b.table_name = c.table_name AND b.id < c.id))
 RETURNING e.id, e.schema_name, e.table_name, e.action, e.row_key, e.old::text, e.new::text, e.xid::text, ` + when
 }
 

@@ -142,7 +142,6 @@ func tableSQL(schema string) string {
 	claimed_by    text
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
 	autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 1000);
-CREATE INDEX IF NOT EXISTS ` + pgident.Quote(EventTable+"_row_key") + ` ON ` + t + ` (row_key, id);
 COMMENT ON TABLE ` + t + ` IS ` + quoteLiteral(tableTag)
 }
 
