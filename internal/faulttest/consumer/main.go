@@ -139,7 +139,7 @@ func main() {
 
 func fail(log *slog.Logger, err error) {
 	if err == nil {
-		err = errors.New("Serve returned nil before any shutdown")
+		err = errors.New("serve returned nil before any shutdown")
 	}
 	log.Error("consumer: fatal", "error", err)
 	fmt.Fprintf(os.Stderr, "SERVE-ERROR: %v\n", err)
