@@ -315,3 +315,42 @@ func idleClaimMicros(b *testing.B, s *Source, dsn string) float64 {
 	}
 	return float64(time.Since(began).Microseconds()) / n
 }
+
+// BenchmarkDrain measures how fast one consumer empties a backlog of b.N
+// events (no-op handler, 8 lanes): the rate it can keep up with.
+//
+//	go test -run '^$' -bench Drain -benchtime 100000x ./internal/trigger/
+func BenchmarkDrain(b *testing.B) {
+	defer closeBench()
+	for _, batch := range []int{100, 500, 2000} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			dsn := benchDSN(b, "async")
+			stop := setupMode(b, dsn, modeNone)
+			defer stop()
+			var handled atomic.Int64
+			h := func(ctx context.Context, c *change.Change) error { handled.Add(1); return nil }
+			cfg := Config{DSN: dsn, BatchSize: batch, Tables: []dispatch.Table{{Schema: "public", Table: "bench", Route: dispatch.Route{Name: "bench", Handler: h, Lanes: 8}}}}
+			if err := Install(context.Background(), benchPool(b, dsn), "", cfg.Tables); err != nil {
+				b.Fatal(err)
+			}
+			benchExec(b, dsn, fmt.Sprintf(`INSERT INTO bench (account, amount, note) SELECT i %% 1000, i / 100.0, 'payment for order #' || i FROM generate_series(1, %d) i`, b.N))
+			benchExec(b, dsn, `VACUUM ANALYZE pgcdc.events`)
+			s := New(cfg)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			b.ResetTimer()
+			began := time.Now()
+			go func() { _ = s.Run(ctx, nil); close(done) }()
+			for handled.Load() < int64(b.N) {
+				time.Sleep(time.Millisecond)
+			}
+			for n, _ := s.Backlog(context.Background()); n > 0; n, _ = s.Backlog(context.Background()) {
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/time.Since(began).Seconds(), "events/s")
+			cancel()
+			<-done
+		})
+	}
+}

@@ -220,6 +220,9 @@ func (s *Source) connConfig() (*pgconn.Config, error) {
 		return nil, &errs.Fatal{Err: fmt.Errorf("%w: source %s: cannot parse DSN: %v", errs.ErrConfig, s.label, redact(err))}
 	}
 	cfg.RuntimeParams["application_name"] = "pgcdc"
+	// The claim query's estimates can pass jit_above_cost on a large event
+	// table; compiling it then costs far more (a second) than running it.
+	cfg.RuntimeParams["jit"] = "off"
 	if s.cfg.ConfigureConn != nil {
 		s.cfg.ConfigureConn(cfg)
 	}
