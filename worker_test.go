@@ -18,7 +18,8 @@ import (
 	"github.com/pgcdc/pgcdc/internal/pgtest"
 )
 
-// waitStreaming waits until the worker's slot is being read.
+// waitStreaming waits until the worker's slot exists (its creation has
+// reached a consistent point, so later commits are captured) and is read.
 func waitStreaming(t *testing.T, dsn, slot string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -30,7 +31,7 @@ func waitStreaming(t *testing.T, dsn, slot string) {
 	defer conn.Close(ctx)
 	for {
 		var active bool
-		err := conn.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
+		err := conn.QueryRow(ctx, `SELECT active AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			t.Fatal(err)
 		}

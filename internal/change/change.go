@@ -26,4 +26,7 @@ type Change struct {
 	CommitTime time.Time
 	// Pos resolves the change's position once handled. It may be nil.
 	Pos Resolver
+	// Reserved is the share of the dispatcher's memory budget the change
+	// holds while queued (set and released by the dispatcher).
+	Reserved int64
 }

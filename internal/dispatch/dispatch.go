@@ -88,7 +88,10 @@ func (e *PanicError) Error() string { return fmt.Sprintf("handler panicked: %v",
 type Config struct {
 	DeadLetter DeadLetter   // where exhausted changes go; nil means retry for ever (capped backoff)
 	Logger     *slog.Logger // never nil
-	QueueSize  int          // buffered changes per lane; < 1 means 256
+	QueueSize  int          // buffered changes per lane; < 1 means 4096
+	// MaxQueuedBytes bounds the memory of all queued changes (Send waits
+	// when it is reached); < 1 means 64 MiB.
+	MaxQueuedBytes int64
 }
 
 // Dispatcher owns the lanes of one source.
@@ -99,6 +102,9 @@ type Dispatcher struct {
 	stopped  chan struct{} // closed by Stop: abandon backoffs
 	wg       sync.WaitGroup
 	started  bool
+
+	queued atomic.Int64  // bytes reserved by queued changes
+	space  chan struct{} // signalled when queued bytes are released
 }
 
 type table struct {
@@ -109,9 +115,12 @@ type table struct {
 // New returns a dispatcher; add routes, then Start it.
 func New(cfg Config) *Dispatcher {
 	if cfg.QueueSize < 1 {
-		cfg.QueueSize = 256
+		cfg.QueueSize = 4096
 	}
-	return &Dispatcher{cfg: cfg, tables: map[string]*table{}, stopped: make(chan struct{})}
+	if cfg.MaxQueuedBytes < 1 {
+		cfg.MaxQueuedBytes = 64 << 20
+	}
+	return &Dispatcher{cfg: cfg, tables: map[string]*table{}, stopped: make(chan struct{}), space: make(chan struct{}, 1)}
 }
 
 // Add registers the route of a table. It must be called before Start.
@@ -158,6 +167,65 @@ func (d *Dispatcher) Lane(c *change.Change) (chan<- *change.Change, bool) {
 	return t.lanes[c.PartKey%uint64(len(t.lanes))], true
 }
 
+// Send queues a change on its lane. A lane whose handler is slow (or
+// retrying) does not hold the others up: changes queue per lane, and Send
+// only waits when the lane is full or all queues together hold
+// MaxQueuedBytes. While it waits it calls idle every second (the stream
+// answers the server meanwhile). It reports false when no route handles
+// the change's table.
+func (d *Dispatcher) Send(ctx context.Context, c *change.Change, idle func() error) (bool, error) {
+	lane, ok := d.Lane(c)
+	if !ok {
+		return false, nil
+	}
+	size := int64(len(c.Message)) + 256
+	var tick *time.Ticker
+	defer func() {
+		if tick != nil {
+			tick.Stop()
+		}
+	}()
+	for {
+		// The first change always passes, however big, so one huge row
+		// cannot wedge the stream.
+		if used := d.queued.Load(); used == 0 || used+size <= d.cfg.MaxQueuedBytes {
+			d.queued.Add(size)
+			c.Reserved = size
+			select {
+			case lane <- c:
+				return true, nil
+			default:
+			}
+			d.release(c)
+		}
+		if tick == nil {
+			tick = time.NewTicker(time.Second)
+		}
+		select {
+		case <-d.space:
+		case <-tick.C:
+			if err := idle(); err != nil {
+				return true, err
+			}
+		case <-ctx.Done():
+			return true, ctx.Err()
+		}
+	}
+}
+
+// release gives back the budget a change held.
+func (d *Dispatcher) release(c *change.Change) {
+	if c.Reserved == 0 {
+		return
+	}
+	d.queued.Add(-c.Reserved)
+	c.Reserved = 0
+	select {
+	case d.space <- struct{}{}:
+	default:
+	}
+}
+
 // Start launches the lane goroutines. Handlers run with ctx; cancel it to
 // abort them.
 func (d *Dispatcher) Start(ctx context.Context) {
@@ -198,6 +266,7 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 func (d *Dispatcher) run(ctx context.Context, r Route, lane <-chan *change.Change) {
 	defer d.wg.Done()
 	for c := range lane {
+		d.release(c)
 		if d.stopping.Load() || ctx.Err() != nil {
 			continue // drain without handling; the stream resends these
 		}

@@ -186,8 +186,8 @@ func TestBadInput(t *testing.T) {
 			if !strings.Contains(msg, "password authentication failed") {
 				t.Errorf("error %q does not say the password was refused", msg)
 			}
-			if !b.returned {
-				t.Logf("NOTE: a refused password is retried (reported to the callback), Serve did not return")
+			if !b.returned || !errors.Is(b.err, pgcdc.ErrConfig) {
+				t.Errorf("a refused password must stop Serve with ErrConfig; returned=%v err=%v", b.returned, b.err)
 			}
 			noSecret(t, "not-"+secret, b.text())
 			noSecret(t, secret, b.text())

@@ -187,7 +187,9 @@ func waitSlotActive(t testing.TB, p *pgxpool.Pool, slot string, active bool) {
 	t.Helper()
 	waitUntil(t, time.Minute, 20*time.Millisecond, fmt.Sprintf("slot %s active=%v", slot, active), func(ctx context.Context) (bool, error) {
 		st, err := readSlot(ctx, p, slot)
-		return err == nil && st.exists && st.active == active, err
+		// A slot is active while it is being created, before its consistent
+		// point: only a confirmed position means later commits are captured.
+		return err == nil && st.exists && st.active == active && (!active || st.confirmed != ""), err
 	})
 }
 

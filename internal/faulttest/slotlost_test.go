@@ -194,6 +194,7 @@ func TestSlotWALLost(t *testing.T) {
 		// SetRecreateLostSlot(true) is documented to cover a slot that
 		// "lost its WAL" too: the worker replaces the slot and streams.
 		sv3 := serve(t, slotWorker(t, dsn, wt, rec.handle, pgcdc.SetRecreateLostSlot(true)))
+		waitSlotActive(t, p, slotName(wt), true) // the new slot
 		execSQL(t, dsn, `INSERT INTO t VALUES (3)`)
 		ok := pollUntil(20*time.Second, 10*time.Millisecond, func(context.Context) (bool, error) {
 			return rec.distinctRows() > 0 || sv3.wait(0), nil

@@ -168,9 +168,17 @@ func (s *Source) ensureSlot(ctx context.Context, pool *pgxpool.Pool, conn *pgcon
 	if err != nil {
 		return err
 	}
+	if st.exists && st.walStatus == "lost" && s.cfg.RecreateLostSlot {
+		s.cfg.Logger.Error("pgcdc: replication slot lost WAL; dropping it and creating a new one from now: changes in between are missed", "source", s.cfg.Name, "slot", s.cfg.Slot)
+		if _, err := pool.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, s.cfg.Slot); err != nil {
+			return fmt.Errorf("source %s: dropping lost slot %q: %w", s.label(), s.cfg.Slot, err)
+		}
+		st.exists = false
+		s.hadSlot = false
+	}
 	switch {
 	case st.exists && st.walStatus == "lost":
-		return fatalf(errs.ErrSlotLost, "source %s: replication slot %q has wal_status 'lost': the server removed WAL it had not yet delivered, so changes were missed; drop the slot (SELECT pg_drop_replication_slot('%s')) to start again from now, and raise max_slot_wal_keep_size", s.label(), s.cfg.Slot, s.cfg.Slot)
+		return fatalf(errs.ErrSlotLost, "source %s: replication slot %q has wal_status 'lost': the server removed WAL it had not yet delivered, so changes were missed; to start again from now, accept the gap with SetRecreateLostSlot(true) (or drop the slot), and raise max_slot_wal_keep_size", s.label(), s.cfg.Slot)
 	case st.exists && (st.plugin != "pgoutput" || st.database != s.database):
 		return fatalf(errs.ErrConfig, "source %s: replication slot %q exists but belongs to plugin %q in database %q, not pgoutput in %q: choose another worker type or drop that slot", s.label(), s.cfg.Slot, st.plugin, st.database, s.database)
 	case st.exists:

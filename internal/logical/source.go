@@ -64,6 +64,7 @@ type Source struct {
 	tracker  *checkpoint.Tracker
 	disp     *dispatch.Dispatcher
 	lag      atomic.Int64
+	streamed bool // the current session got as far as streaming
 }
 
 // New returns a source; Run starts it.
@@ -106,7 +107,13 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 	var lastErr error
 	delay := s.cfg.MinReconnect
 	for attempt := 0; ; attempt++ {
+		s.streamed = false
 		err := s.session(ctx, readCtx)
+		if s.streamed {
+			// A session that streamed was a success: the next failure is a
+			// new one and starts again from the shortest wait.
+			lastErr, delay = nil, s.cfg.MinReconnect
+		}
 		if readCtx.Err() != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -193,6 +200,9 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 		return fmt.Errorf("source %s: %w", s.label(), err)
 	}
 	defer pool.Close()
+	if err := pool.Ping(readCtx); err != nil {
+		return classifyConnect(s.label(), err)
+	}
 
 	if err := s.check(readCtx, pool); err != nil {
 		return err
@@ -260,6 +270,7 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 	if err := s.startDispatcher(ctx, pool); err != nil {
 		return err
 	}
+	s.streamed = true
 	s.cfg.Logger.Info("pgcdc: streaming", "source", s.cfg.Name, "slot", s.cfg.Slot, "from", start)
 
 	st := &stream{s: s, conn: conn, pool: pool, dec: newDecoder(s), tracker: s.tracker}
@@ -320,4 +331,19 @@ func quoteLiteral(s string) string {
 		out = append(out, s[i])
 	}
 	return string(append(out, '\''))
+}
+
+// classifyConnect turns errors that reconnecting cannot fix (the server
+// refused the credentials, the database does not exist) into fatal ones.
+func classifyConnect(label string, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "28P01" || pgErr.Code == "28000":
+			return &errs.Fatal{Err: fmt.Errorf("%w: source %s: the server refused the login (%s): check the user and password of the DSN", errs.ErrConfig, label, pgErr.Message)}
+		case pgErr.Code == "3D000":
+			return &errs.Fatal{Err: fmt.Errorf("%w: source %s: %s: check the database name of the DSN", errs.ErrConfig, label, pgErr.Message)}
+		}
+	}
+	return fmt.Errorf("source %s: connecting: %w", label, err)
 }

@@ -136,31 +136,16 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 // deliver hands a change to its lane, answering the server meanwhile so a
 // slow handler does not get the connection dropped.
 func (st *stream) deliver(ctx context.Context, c *change.Change) error {
-	lane, ok := st.s.disp.Lane(c)
-	if !ok || st.txn == nil {
+	if st.txn == nil {
 		return nil
 	}
 	st.txn.Add(1)
 	c.Pos = st.txn
-	select {
-	case lane <- c:
-		return nil
-	default:
+	queued, err := st.s.disp.Send(ctx, c, func() error { return st.maybeSendStatus(ctx, false) })
+	if !queued {
+		st.txn.Done() // not routed: resolved at once
 	}
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case lane <- c:
-			return nil
-		case <-tick.C:
-			if err := st.maybeSendStatus(ctx, false); err != nil {
-				return err
-			}
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return err
 }
 
 // barrier waits until every change delivered so far is resolved.
