@@ -274,7 +274,15 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 	s.cfg.Logger.Info("pgcdc: streaming", "source", s.cfg.Name, "slot", s.cfg.Slot, "from", start)
 
 	st := &stream{s: s, conn: conn, pool: pool, dec: newDecoder(s), tracker: s.tracker}
+	lagDone := make(chan struct{})
+	lagCtx, stopLag := context.WithCancel(readCtx)
+	go func() {
+		defer close(lagDone)
+		s.watchLag(lagCtx, pool)
+	}()
 	err = st.run(readCtx)
+	stopLag()
+	<-lagDone
 	return s.finish(ctx, readCtx, conn, err)
 }
 
@@ -346,4 +354,25 @@ func classifyConnect(label string, err error) error {
 		}
 	}
 	return fmt.Errorf("source %s: connecting: %w", label, err)
+}
+
+// watchLag samples, every second, how many bytes of WAL the server
+// holds for the slot: the distance from the server's current WAL position to
+// the slot's confirmed position (what LagBytes reports).
+func (s *Source) watchLag(ctx context.Context, pool *pgxpool.Pool) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		var lag int64
+		err := pool.QueryRow(ctx, `SELECT coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, -1)
+			FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&lag)
+		if err == nil {
+			s.lag.Store(lag)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

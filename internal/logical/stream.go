@@ -172,11 +172,6 @@ func (st *stream) maybeSendStatus(ctx context.Context, force bool) error {
 	if !force && since < st.s.cfg.StatusInterval && (flush == st.sentFlush || since < minStatusGap) {
 		return nil
 	}
-	if end := max(st.serverEnd, st.received); end > flush {
-		st.s.lag.Store(int64(end - flush))
-	} else {
-		st.s.lag.Store(0)
-	}
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, st.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: max(st.received, flush),
 		WALFlushPosition: flush,
