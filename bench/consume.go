@@ -433,16 +433,19 @@ func (p *pgcdcListener) start(ctx context.Context) error {
 		p.serveEr = w.Serve(context.Background())
 		close(p.doneCh)
 	}()
-	// Live = the slot is active (START_REPLICATION ran).
+	// Live = the walsender holding the slot is in state catchup or
+	// streaming, i.e. START_REPLICATION ran. (The slot alone shows active
+	// while CREATE_REPLICATION_SLOT is still running: not enough.)
 	conn, err := pgx.Connect(ctx, p.dsn)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
 	for {
-		var active bool
-		err := conn.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, p.slotNm).Scan(&active)
-		if err == nil && active {
+		var state string
+		err := conn.QueryRow(ctx, `SELECT r.state FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+			WHERE s.slot_name = $1`, p.slotNm).Scan(&state)
+		if err == nil && (state == "catchup" || state == "streaming") {
 			return nil
 		}
 		select {

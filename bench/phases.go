@@ -37,6 +37,9 @@ func (e *env) setupPgcdc(workerType, table string) (string, error) {
 	if d.Err != "" {
 		return "", fmt.Errorf("pgcdc setup %s: %s", workerType, d.Err)
 	}
+	if n, err := e.admin.int(context.Background(), `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, r.Slot); err != nil || n != 1 {
+		return "", fmt.Errorf("pgcdc setup %s: slot %s missing after Serve+Shutdown (%v)", workerType, r.Slot, err)
+	}
 	return r.Slot, nil
 }
 

@@ -236,9 +236,10 @@ func (d *db) dropSlots(ctx context.Context) error {
 func (d *db) waitSlotActive(ctx context.Context, slot string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		var active bool
-		err := d.conn.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
-		if err == nil && active {
+		var state string
+		err := d.conn.QueryRow(ctx, `SELECT r.state FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+			WHERE s.slot_name = $1`, slot).Scan(&state)
+		if err == nil && (state == "catchup" || state == "streaming") {
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
