@@ -41,9 +41,14 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 		return err
 	}
 	s.warnUnrouted(readCtx, pool)
-	if err := s.cleanup(readCtx, pool); err != nil { // leftovers of a failed session
+	// Leftovers of a failed session are released (or deleted) under that
+	// session's claimer before this one claims anything: rows stay tracked
+	// under one claimer at a time.
+	if err := s.cleanup(readCtx, pool); err != nil {
 		return err
 	}
+	s.sessions++
+	s.claimer = fmt.Sprintf("%s/%d", s.instance, s.sessions)
 
 	var dl dispatch.DeadLetter
 	if s.cfg.NewDeadLetter != nil {
@@ -58,7 +63,7 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 	disp.Start(ctx)
 	s.pool.Store(pool)
 	defer s.pool.Store(nil)
-	s.cfg.Logger.Info("pgcdc: consuming trigger events", "source", s.cfg.Name, "table", pgident.Qualified(s.cfg.Schema, EventTable), "instance", s.instance)
+	s.cfg.Logger.Info("pgcdc: consuming trigger events", "source", s.cfg.Name, "table", pgident.Qualified(s.cfg.Schema, EventTable), "claimer", s.claimer)
 
 	sessCtx, fail := context.WithCancelCause(readCtx)
 	var wg sync.WaitGroup
@@ -230,7 +235,7 @@ func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch
 
 // claim claims one batch and dispatches it; it returns the number claimed.
 func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher, sql string, schemas, names []string, limit int, timeoutMs int64) (int, error) {
-	rows, err := pool.Query(ctx, sql, schemas, names, limit, s.instance, timeoutMs)
+	rows, err := pool.Query(ctx, sql, schemas, names, limit, s.claimer, timeoutMs)
 	if err != nil {
 		return 0, fmt.Errorf("source %s: claiming events: %w", s.label, err)
 	}
@@ -402,7 +407,7 @@ func (s *Source) deleteResolved(ctx context.Context, pool *pgxpool.Pool) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	_, err := pool.Exec(ctx, `DELETE FROM `+pgident.Qualified(s.cfg.Schema, EventTable)+` WHERE id = ANY($1) AND claimed_by = $2`, ids, s.instance)
+	_, err := pool.Exec(ctx, `DELETE FROM `+pgident.Qualified(s.cfg.Schema, EventTable)+` WHERE id = ANY($1) AND claimed_by = $2`, ids, s.claimer)
 	if err != nil {
 		s.mu.Lock()
 		s.resolved = append(s.resolved, ids...)
@@ -435,7 +440,7 @@ func (s *Source) heartbeat(ctx context.Context, fail context.CancelCauseFunc, po
 		}
 		_, err := pool.Exec(ctx, `UPDATE `+pgident.Qualified(s.cfg.Schema, EventTable)+`
 			SET claimed_until = now() + $3 * interval '1 millisecond' WHERE id = ANY($1) AND claimed_by = $2`,
-			ids, s.instance, s.cfg.ClaimTimeout.Milliseconds())
+			ids, s.claimer, s.cfg.ClaimTimeout.Milliseconds())
 		if err != nil {
 			if ctx.Err() == nil {
 				fail(fmt.Errorf("source %s: renewing claims: %w", s.label, err))
@@ -463,7 +468,7 @@ func (s *Source) cleanup(ctx context.Context, pool *pgxpool.Pool) error {
 		return nil
 	}
 	_, err := pool.Exec(ctx, `UPDATE `+pgident.Qualified(s.cfg.Schema, EventTable)+`
-		SET claimed_until = NULL, claimed_by = NULL WHERE id = ANY($1) AND claimed_by = $2`, ids, s.instance)
+		SET claimed_until = NULL, claimed_by = NULL WHERE id = ANY($1) AND claimed_by = $2`, ids, s.claimer)
 	if err != nil {
 		return fmt.Errorf("source %s: releasing claims: %w", s.label, err)
 	}

@@ -34,44 +34,53 @@
 // without a primary key hashes to one key per table. row_key is both the
 // dispatch partition key (changes of one key go to one lane, in order) and
 // what the claim query uses to keep the order across batches and instances.
-// Distinct keys that collide only get ordered more strictly than needed.
+// Distinct keys that collide are only ordered more strictly than needed.
 //
 // Event ids come from an identity column with CACHE 1, so they are handed
 // out in time order. For one key, a later change can only be written after
 // the transaction of the earlier change committed (it waits for the row
 // lock, or for the unique index on a re-inserted key), so the events of one
 // key are in id order, and a snapshot that sees the later event also sees
-// the earlier one. (A key change, UPDATE of the primary key, is ordered
-// with the new key, as in the logical engine. Rows of a table without a
-// primary key are ordered by id among committed events.)
+// the earlier one. (An UPDATE of the primary key is ordered with the new
+// key, as in the logical engine. Rows of a table without a primary key are
+// ordered by id among committed events.)
 //
 // # Claiming
 //
-// Each Source has one consumer goroutine that claims batches in id order:
+// Each Source has one consumer goroutine that claims batches in id order,
+// in one statement:
 //
-//	UPDATE events SET claimed_until = now() + ClaimTimeout, claimed_by = <instance>
-//	WHERE id IN (SELECT id ... WHERE claimed_until IS NULL OR claimed_until < now()
-//	             ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED)
-//	  AND no earlier row of the same row_key is outside this batch, unless
-//	      that row is validly claimed by this same instance
+//	cand:    SELECT ... WHERE claimed_until IS NULL OR claimed_until < now()
+//	         ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED
+//	earlier: the events with id below the batch's last one that are not in
+//	         the batch and not validly claimed by this session
+//	UPDATE ... SET claimed_until = now() + ClaimTimeout, claimed_by = <session>
+//	WHERE id IN cand AND no event of earlier has the same row_key and a
+//	      smaller id (for a TRUNCATE event: the same table)
 //	RETURNING ...
 //
 // SKIP LOCKED lets several instances claim at the same time without
-// waiting for each other, and no row is claimed by two of them. The extra
+// waiting for each other, and no row is claimed by two of them. The earlier
 // condition stops a later event of a key from overtaking an earlier one: if
 // an earlier event of the key is claimed by another instance, being claimed
 // right now (locked, hence skipped) or otherwise left out of the batch, the
 // later one is not claimed either and waits for a later round. Earlier
-// events claimed by this instance do not block: they were sent to the same
-// dispatch lane before, and a lane is handled first in, first out. A hot key
-// therefore streams without waiting for each batch to finish.
+// events claimed by this same session do not block: they went to the same
+// dispatch lane before, and a lane is first in, first out, so a hot key
+// streams without waiting for each batch to finish. The earlier set comes
+// from one range scan of the primary key below the batch's end; it holds
+// only unfinished events (delivered rows are deleted), so no index on
+// row_key is needed and writers maintain one index only.
 //
 // The claimed changes go, in id order, to the dispatcher's lanes; the
-// dispatcher retries failed handlers and dead-letters exhausted ones. A row
-// is deleted only when its change is resolved (handler succeeded or
-// dead-lettered); deletes are batched by a second goroutine. A heartbeat
-// extends the claims of this instance's unresolved rows every ClaimTimeout/3,
-// so a slow handler keeps its claim.
+// dispatcher retries failed handlers and dead-letters exhausted ones. A
+// TRUNCATE event is handed over only once every earlier event this session
+// claimed is resolved. A row is deleted only when its change is resolved
+// (handler succeeded or dead-lettered); deletes are batched by a second
+// goroutine. A heartbeat extends the claims of this session's unfinished
+// rows every ClaimTimeout/3, so a slow handler keeps its claim. A session
+// holds at most two batches of unresolved events, leaving the rest to other
+// instances.
 //
 // # Stopping and crash recovery
 //
@@ -80,12 +89,15 @@
 // but not handled are released at once, so another instance (or the next
 // Run) takes them without waiting. When ctx ends the same happens with the
 // handlers cancelled. When the connection fails, the session ends the same
-// way and the claims it could not release are released when the next
-// session connects. If the process dies (kill -9), its claims simply expire
-// after ClaimTimeout and the rows are claimed again, by any instance, in id
-// order: nothing is lost, and the redelivered events carry the same
-// event_id. Delivery is at least once: a change whose handler ran but whose
-// delete did not commit is delivered again.
+// way; what it could not delete or release is done when the next session
+// connects, before it claims anything, and the new session claims under a
+// new name, so rows of the old one (even ones it never read) hold back later
+// events of their keys until they are released or expire. If the process
+// dies (kill -9), its claims expire after ClaimTimeout and the rows are
+// claimed again, by any instance, in id order: nothing is lost, and the
+// redelivered events carry the same event_id. Delivery is at least once: a
+// change whose handler ran but whose delete did not commit is delivered
+// again.
 //
 // # Event id
 //
@@ -110,5 +122,12 @@
 // (Backlog reports it). The table is created with autovacuum settings for a
 // queue (vacuum after 1000 dead rows whatever the table size, no cost delay)
 // and fillfactor 80 so the claim update can usually stay on the same page
-// (HOT); no explicit VACUUM is run.
+// (HOT); no explicit VACUUM is run. Consumer connections run with jit off:
+// the claim query's estimates can pass jit_above_cost on a large table, and
+// compiling it took a second where running it takes milliseconds.
+//
+// Events of tables that still carry this schema's trigger but are routed
+// by no source are never claimed; the source logs them at start. One pgcdc
+// schema serves one application: two applications routing the same table
+// through the same schema would share (split) its events.
 package trigger

@@ -68,8 +68,13 @@ type Config struct {
 // share the work.
 type Source struct {
 	cfg      Config
-	instance string // claimed_by: unique per Source value
+	instance string // unique per Source value
 	label    string
+	// claimer is what this instance writes in claimed_by: the instance and
+	// a session number, so the claims of a failed session (some possibly
+	// never read) count as another instance's for the ordering rule.
+	claimer  string
+	sessions int
 
 	// Identity, learned when a session connects.
 	sourceID   string // "<system identifier>/<database>/trigger/<table oid>/"
