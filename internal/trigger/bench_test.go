@@ -200,12 +200,9 @@ func writes(b *testing.B, dsn string, clients int) {
 // with fsync and synchronous_commit off (async). The consumer runs during
 // the writes; "pending" is the backlog left when the writes ended.
 //
-//	go test -run '^$' -bench Wakeup -benchtime 4000x ./internal/trigger/
+//	go test -run '^$' -bench Wakeup -benchtime 10000x -count 3 ./internal/trigger/
 //
-// Measured on the development machine (2 vCPUs, PostgreSQL 15; tx/s, mean
-// of the runs):
-//
-// (see the package documentation: the figures are filled in there)
+// The figures are in the package documentation ("Wake-up").
 func BenchmarkWakeup(b *testing.B) {
 	defer closeBench()
 	for _, commit := range []string{"sync", "async"} {

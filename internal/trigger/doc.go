@@ -109,12 +109,41 @@
 //
 // # Wake-up
 //
-// The consumer polls: it claims every PollInterval, and immediately again
-// when a batch came back full. A NOTIFY from the trigger would cut the idle
-// latency but makes every writing transaction take the cluster-wide NOTIFY
-// queue lock at commit, which serializes committing writers. The measurement
-// behind the default is BenchmarkWakeup in this package (see its comment
-// for the command and the figures).
+// The consumer polls: it claims every PollInterval (default 50 ms), and
+// again at once when a batch came back full, so under load it never waits.
+// A NOTIFY from the trigger would cut the idle latency but makes every
+// writing transaction take the cluster-wide NOTIFY lock at commit, which
+// serializes committing writers. Measured with BenchmarkWakeup (one INSERT
+// per transaction, consumer running; 2 vCPUs shared with other jobs,
+// PostgreSQL 15, median of 3 runs, transactions/s):
+//
+//	durable commits (fsync, synchronous_commit on)   1 client   8 clients   32 clients
+//	  no capture                                         2060       3128         4876
+//	  pgcdc trigger, polling (default)                   1129       2168         3043
+//	  pgcdc trigger + NOTIFY wake-up per write            934        894          497
+//	  candi: pg_notify(row JSON), no table               1047       1726         1469
+//	fsync and synchronous_commit off
+//	  no capture                                         5037       8586         7776
+//	  pgcdc trigger, polling (default)                   2593       2962         2629
+//	  pgcdc trigger + NOTIFY wake-up per write           1195       1806         1230
+//	  candi: pg_notify(row JSON), no table               1596       2610         1874
+//
+// Adding a NOTIFY wake-up to the trigger costs 2.4 to 6 times the write
+// throughput at 8 and 32 clients with durable commits; polling beats candi's
+// NOTIFY design by 2.1 times at 32 clients. BenchmarkPollLatency gives the
+// price of polling: commit-to-handler latency p50/p99 of 3/11 ms at a 5 ms
+// interval, 12/23 ms at 20 ms, 27/52 ms at 50 ms and 53/102 ms at 100 ms,
+// for an idle claim of about 0.3 ms round trip (at 50 ms, well under 1% of
+// a core per instance). 50 ms keeps idle cost negligible with latency far
+// below human scale; set PollInterval lower for tighter latency.
+// BenchmarkDrain: one consumer empties a backlog at about 13,000 events/s
+// with batches of 100, 25,000 with 500 (the default) and 32,000 with 2,000.
+//
+// Commands:
+//
+//	go test -run '^$' -bench Wakeup -benchtime 10000x -count 3 ./internal/trigger/
+//	go test -run '^$' -bench PollLatency -benchtime 400x ./internal/trigger/
+//	go test -run '^$' -bench Drain -benchtime 50000x ./internal/trigger/
 //
 // # Retention
 //
