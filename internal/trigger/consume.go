@@ -25,6 +25,10 @@ import (
 // cleanupTimeout bounds the deletes and releases done when a session ends.
 const cleanupTimeout = 5 * time.Second
 
+// claimBytes bounds the stored size of one claimed batch (at least one event
+// is claimed, however big), so a backlog of large rows does not fill memory.
+const claimBytes = 16 << 20
+
 // session is one connection's life: install, consume, and on the way out
 // let the handlers in flight end, delete what they resolved and release
 // the other claims.
@@ -153,8 +157,9 @@ type event struct {
 	commitTime    time.Time
 }
 
-// claimSQL claims up to $3 events of the routed tables ($1, $2) for
-// instance $4 for $5 milliseconds, in id order, skipping any event of a key
+// claimSQL claims up to $3 events (and about $6 bytes) of the routed
+// tables ($1, $2) for claimer $4 for $5 milliseconds, in id order, skipping
+// any event of a key
 // that has an earlier event outside the batch (claimed by another
 // instance, being claimed right now, or left out) unless that earlier
 // event is validly claimed by this instance; a TRUNCATE event is skipped
@@ -166,22 +171,29 @@ func (s *Source) claimSQL() string {
 		when = "coalesce(pg_catalog.pg_xact_commit_timestamp(e.xid::xid), e.tx_time)"
 	}
 	return `WITH cand AS (
-	SELECT e.id, e.row_key, e.action, e.schema_name, e.table_name FROM ` + t + ` e
+	SELECT e.id, e.row_key, e.action, e.schema_name, e.table_name,
+		coalesce(pg_catalog.pg_column_size(e.old), 0) + coalesce(pg_catalog.pg_column_size(e.new), 0) AS size
+	FROM ` + t + ` e
 	WHERE (e.claimed_until IS NULL OR e.claimed_until < now())
 		AND (e.schema_name, e.table_name) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 	ORDER BY e.id
 	LIMIT $3
 	FOR UPDATE SKIP LOCKED
+), batch AS (
+	-- A prefix of cand of at most $6 bytes (stored size), at least one event.
+	SELECT id, row_key, action, schema_name, table_name FROM (
+		SELECT *, sum(size) OVER (ORDER BY id) - size AS before FROM cand) sized
+	WHERE before < $6
 ), earlier AS (
 	-- Events before the batch's last one, outside the batch and not validly
-	-- claimed by this instance: each holds back the later events of its key.
+	-- claimed by this session: each holds back the later events of its key.
 	SELECT p.id, p.row_key, p.schema_name, p.table_name FROM ` + t + ` p
-	WHERE p.id < (SELECT max(id) FROM cand)
-		AND NOT EXISTS (SELECT 1 FROM cand c WHERE c.id = p.id)
+	WHERE p.id < (SELECT max(id) FROM batch)
+		AND NOT EXISTS (SELECT 1 FROM batch c WHERE c.id = p.id)
 		AND (p.claimed_by IS DISTINCT FROM $4 OR p.claimed_until IS NULL OR p.claimed_until < now())
 )
 UPDATE ` + t + ` e SET claimed_until = now() + $5 * interval '1 millisecond', claimed_by = $4
-FROM cand c
+FROM batch c
 WHERE e.id = c.id
 	AND NOT EXISTS (SELECT 1 FROM earlier b WHERE b.row_key = c.row_key AND b.id < c.id)
 	AND (c.action <> 'TRUNCATE' OR NOT EXISTS (SELECT 1 FROM earlier b
@@ -218,11 +230,11 @@ func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch
 			}
 			return err
 		}
-		if n >= limit {
+		if n > 0 {
 			if ctx.Err() != nil {
 				return nil
 			}
-			continue // a full batch: more are probably waiting
+			continue // more may be waiting: claim again at once
 		}
 		timer.Reset(s.cfg.PollInterval)
 		select {
@@ -235,7 +247,7 @@ func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch
 
 // claim claims one batch and dispatches it; it returns the number claimed.
 func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher, sql string, schemas, names []string, limit int, timeoutMs int64) (int, error) {
-	rows, err := pool.Query(ctx, sql, schemas, names, limit, s.claimer, timeoutMs)
+	rows, err := pool.Query(ctx, sql, schemas, names, limit, s.claimer, timeoutMs, claimBytes)
 	if err != nil {
 		return 0, fmt.Errorf("source %s: claiming events: %w", s.label, err)
 	}
@@ -264,15 +276,12 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 		if ev.action == "TRUNCATE" && !s.barrier(ctx, ev.id) {
 			return len(batch), nil
 		}
-		lane, ok := disp.Lane(c)
-		if !ok {
-			c.Pos.Done() // not routed (cannot happen: the claim filters by table)
-			continue
+		routed, err := disp.Send(ctx, c, func() error { return nil })
+		if err != nil {
+			return len(batch), nil // ctx ended: the rest is released when the session ends
 		}
-		select {
-		case lane <- c:
-		case <-ctx.Done():
-			return len(batch), nil // the rest is released when the session ends
+		if !routed {
+			c.Pos.Done() // not routed (cannot happen: the claim filters by table)
 		}
 	}
 	return len(batch), nil

@@ -369,3 +369,45 @@ func TestReconnectAfterConnectionLoss(t *testing.T) {
 	}
 	t.Logf("%d deliveries for 2000 events, %d connection failures", len(rec.snapshot()), failures.Load())
 }
+
+// TestClaimBoundedBySize: one claim takes at most about claimBytes of
+// stored events, so a backlog of large rows does not fill memory; all of
+// them are still delivered.
+func TestClaimBoundedBySize(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE docs (id int PRIMARY KEY, body text)`)
+	rec := newRecorder()
+	cfg := config(dsn, route("public", "docs", 2, rec.handle))
+	p := pool(t, dsn)
+	ctx := context.Background()
+	if err := Install(ctx, p, "", cfg.Tables); err != nil {
+		t.Fatal(err)
+	}
+	// 20 rows of 1 MB of poorly compressible text (about 0.5 MB stored).
+	pgtest.Exec(t, dsn, `ALTER TABLE docs ALTER body SET STORAGE EXTERNAL;
+		INSERT INTO docs SELECT i, (SELECT string_agg(md5(i::text || '/' || j), '') FROM generate_series(1, 32768) j) FROM generate_series(1, 20) i`)
+	s := New(cfg)
+	s.claimer = "probe"
+	schemas, names := s.tableArrays()
+	rows, err := p.Query(ctx, s.claimSQL(), schemas, names, 500, s.claimer, int64(60000), claimBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	conn := connect(t, dsn)
+	stored := queryInt(t, conn, `SELECT sum(pg_column_size(new)) FROM pgcdc.events WHERE claimed_by = 'probe'`)
+	maxRow := queryInt(t, conn, `SELECT max(pg_column_size(new)) FROM pgcdc.events`)
+	if n == 0 || n == 20 || stored > claimBytes+maxRow {
+		t.Errorf("claimed %d of 20 events, %d bytes stored (bound %d)", n, stored, claimBytes)
+	}
+	t.Logf("one claim took %d events of %d bytes each", n, maxRow)
+	pgtest.Exec(t, dsn, `UPDATE pgcdc.events SET claimed_by = NULL, claimed_until = NULL`)
+	start(t, cfg)
+	rec.waitFor(t, time.Minute, "20 events", atLeast(20))
+}
