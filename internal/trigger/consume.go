@@ -1,6 +1,7 @@
 package trigger
 
 import (
+	"cmp"
 	"context"
 	"crypto/md5"
 	"encoding/hex"
@@ -38,6 +39,9 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 		return err
 	}
 	defer pool.Close()
+	if err := pool.Ping(readCtx); err != nil {
+		return classifyConnect(s.label, err)
+	}
 	if err := Install(readCtx, pool, s.cfg.Schema, s.cfg.Tables); err != nil {
 		return fmt.Errorf("source %s: %w", s.label, err)
 	}
@@ -69,6 +73,7 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 	defer s.pool.Store(nil)
 	s.cfg.Logger.Info("pgcdc: consuming trigger events", "source", s.cfg.Name, "table", pgident.Qualified(s.cfg.Schema, EventTable), "claimer", s.claimer)
 
+	s.consumed = true
 	sessCtx, fail := context.WithCancelCause(readCtx)
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -254,23 +259,29 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 	var batch []*event
 	for rows.Next() {
 		ev := &event{}
-		if err := rows.Scan(&ev.id, &ev.schema, &ev.table, &ev.action, &ev.rowKey, &ev.old, &ev.new, &ev.xid, &ev.commitTime); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("source %s: reading claimed events: %w", s.label, err)
+		if err = rows.Scan(&ev.id, &ev.schema, &ev.table, &ev.action, &ev.rowKey, &ev.old, &ev.new, &ev.xid, &ev.commitTime); err != nil {
+			break
 		}
 		batch = append(batch, ev)
 	}
-	// The claim is committed even when reading the rows failed halfway:
-	// record what was read as ours so it is released at the session's end.
+	rows.Close()
+	if err == nil {
+		err = rows.Err()
+	}
+	// The claim may be committed even when reading the rows failed halfway:
+	// what was read is tracked as ours, so it is released at the session's
+	// end. What was not read expires; the session ends on this error, and
+	// to later sessions (other claimer names) those rows hold back the
+	// later events of their keys until then.
 	s.mu.Lock()
 	for _, ev := range batch {
 		s.inflight[ev.id] = struct{}{}
 	}
 	s.mu.Unlock()
-	if err := rows.Err(); err != nil {
+	if err != nil {
 		return 0, fmt.Errorf("source %s: claiming events: %w", s.label, err)
 	}
-	slices.SortFunc(batch, func(a, b *event) int { return cmpInt64(a.id, b.id) })
+	slices.SortFunc(batch, func(a, b *event) int { return cmp.Compare(a.id, b.id) })
 	for _, ev := range batch {
 		c := s.change(ev)
 		if ev.action == "TRUNCATE" && !s.barrier(ctx, ev.id) {
@@ -310,16 +321,6 @@ func (s *Source) barrier(ctx context.Context, id int64) bool {
 		case <-time.After(time.Millisecond):
 		}
 	}
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // rowRef resolves one event row: once its change is handled or

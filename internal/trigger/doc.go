@@ -80,7 +80,9 @@
 // goroutine. A heartbeat extends the claims of this session's unfinished
 // rows every ClaimTimeout/3, so a slow handler keeps its claim. A session
 // holds at most two batches of unresolved events, leaving the rest to other
-// instances.
+// instances, and one claim takes at most about 16 MB of stored event data
+// (always at least one event), so a backlog of large rows does not fill
+// memory; the dispatcher's byte budget bounds its queues as well.
 //
 // # Stopping and crash recovery
 //
@@ -110,7 +112,8 @@
 // # Wake-up
 //
 // The consumer polls: it claims every PollInterval (default 50 ms), and
-// again at once when a batch came back full, so under load it never waits.
+// again at once whenever the last claim returned events, so under load it
+// never waits.
 // A NOTIFY from the trigger would cut the idle latency but makes every
 // writing transaction take the cluster-wide NOTIFY lock at commit, which
 // serializes committing writers. Measured with BenchmarkWakeup (one INSERT

@@ -75,6 +75,7 @@ type Source struct {
 	// never read) count as another instance's for the ordering rule.
 	claimer  string
 	sessions int
+	consumed bool // the current session got as far as consuming
 
 	// Identity, learned when a session connects.
 	sourceID   string // "<system identifier>/<database>/trigger/<table oid>/"
@@ -167,8 +168,9 @@ func (s *Source) tableArrays() (schemas, names []string) {
 // ctx is done (handlers are cancelled; returns ctx.Err()), stop is closed
 // (handlers in flight finish, nothing new is claimed; returns nil) or a
 // fatal error (an *errs.Fatal: a missing table, bad DSN, missing
-// privilege). Connection errors are retried with backoff between
-// MinReconnect and MaxReconnect, each reported to OnError.
+// privilege, a refused login). Connection errors are retried with backoff
+// between MinReconnect and MaxReconnect, each reported to OnError. Run must
+// not be called again before it returned.
 func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 	if len(s.cfg.Tables) == 0 {
 		return &errs.Fatal{Err: fmt.Errorf("%w: source %s: no routed table", errs.ErrConfig, s.label)}
@@ -185,7 +187,13 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 	delay := s.cfg.MinReconnect
 	failed := false
 	for {
+		s.consumed = false
 		err := s.session(ctx, readCtx)
+		if s.consumed {
+			// A session that consumed was a success: the next failure is a
+			// first failure again.
+			delay, failed = s.cfg.MinReconnect, false
+		}
 		if readCtx.Err() != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -250,6 +258,21 @@ func (s *Source) newPool(ctx context.Context, maxConns int32) (*pgxpool.Pool, er
 		return nil, fmt.Errorf("source %s: %w", s.label, err)
 	}
 	return pool, nil
+}
+
+// classifyConnect turns errors that reconnecting cannot fix (the server
+// refused the login, the database does not exist) into fatal ones.
+func classifyConnect(label string, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "28P01", "28000":
+			return &errs.Fatal{Err: fmt.Errorf("%w: source %s: the server refused the login (%s): check the user and password of the DSN", errs.ErrConfig, label, pgErr.Message)}
+		case "3D000":
+			return &errs.Fatal{Err: fmt.Errorf("%w: source %s: %s: check the database name of the DSN", errs.ErrConfig, label, pgErr.Message)}
+		}
+	}
+	return fmt.Errorf("source %s: connecting: %w", label, err)
 }
 
 // redact hides pgconn's parse errors, which can quote the DSN (and its
