@@ -9,6 +9,7 @@ import (
 	"github.com/pgcdc/pgcdc/internal/change"
 	"github.com/pgcdc/pgcdc/internal/deadletter"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
+	"github.com/pgcdc/pgcdc/internal/txbuf"
 )
 
 // RedeliverDeadLetters hands the dead-lettered events of a source (of this
@@ -43,7 +44,11 @@ func (w *Worker) RedeliverDeadLetters(ctx context.Context, sourceName string, li
 			continue
 		}
 		for _, t := range cfg.Tables {
-			handlers[t.Schema+"."+t.Table] = t.Route.Handler
+			h := t.Route.Handler
+			if t.Route.Tx && cfg.TxRoute != nil {
+				h = redeliverTx(cfg.TxRoute.Handler) // a one-event transaction
+			}
+			handlers[t.Schema+"."+t.Table] = h
 		}
 	}
 	pcfg, err := pgxpool.ParseConfig(src.dsn)
@@ -70,4 +75,19 @@ func (w *Worker) RedeliverDeadLetters(ctx context.Context, sourceName string, li
 		}
 		return dispatch.Call(ctx, h, c)
 	})
+}
+
+// redeliverTx hands one dead-lettered event of a grouped table to the
+// transaction handler, as a transaction of that one event.
+func redeliverTx(h dispatch.Handler) dispatch.Handler {
+	return func(ctx context.Context, c *change.Change) error {
+		b := txbuf.New(0, "")
+		defer b.Close()
+		if err := b.Add(c.Message); err != nil {
+			return err
+		}
+		tc := *c
+		tc.Action, tc.Tx = "TRANSACTION", b
+		return h(ctx, &tc)
+	}
 }

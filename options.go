@@ -49,6 +49,7 @@ type option struct {
 	deadLetterTable      string
 	deadLetterOff        bool
 	recreateLostSlot     bool
+	txBufferBytes        int64
 	captureMode          CaptureMode
 	triggerSchema        string
 }

@@ -52,6 +52,7 @@ type handlerEntry struct {
 	route string
 	fn    HandlerFunc
 	opts  []HandlerOption
+	tx    bool // grouped per transaction (HandleTx)
 }
 
 // Add registers fn for route: "table" (schema public), "schema.table", or
@@ -74,6 +75,9 @@ type Worker struct {
 	done    chan struct{}
 	hard    context.CancelFunc
 	sources map[string]engine
+
+	txHandler TxHandlerFunc
+	txRoutes  []string
 }
 
 // NewWorker checks the options and returns a worker. It does no I/O; every
@@ -244,7 +248,17 @@ func (w *Worker) plan() ([]logical.Config, error) {
 		order = append(order, s.name)
 	}
 	seen := map[string]string{}
-	for _, h := range w.group.handlers {
+	entries := w.group.handlers
+	for _, r := range w.txRoutes {
+		entries = append(entries, handlerEntry{route: r, tx: true})
+	}
+	if len(w.txRoutes) > 0 && w.txHandler == nil {
+		bad("HandleTx: nil transaction handler")
+	}
+	if len(w.txRoutes) > 0 && w.opt.captureMode != CaptureLogical {
+		bad("HandleTx needs SetCaptureMode(CaptureLogical): only logical replication knows transaction boundaries")
+	}
+	for _, h := range entries {
 		src, table := ParseHandlerRoute(h.route)
 		if _, ok := cfgs[src]; !ok && src == "" && len(w.opt.sources) == 1 {
 			src = w.opt.sources[0].name // plain routes go to the only source
@@ -257,7 +271,7 @@ func (w *Worker) plan() ([]logical.Config, error) {
 		case !ok:
 			bad("route %q: source %q was not added (AddPostgresDSN)", h.route, src)
 			continue
-		case h.fn == nil:
+		case h.fn == nil && !h.tx:
 			bad("route %q: nil handler", h.route)
 			continue
 		}
@@ -282,10 +296,18 @@ func (w *Worker) plan() ([]logical.Config, error) {
 			bad("route %q: WithMaxGoroutines must be at least 1 and WithMaxRetries not negative", h.route)
 			continue
 		}
+		retry := dispatch.RetryPolicy{MaxRetries: hc.maxRetries, MinBackoff: w.opt.minRetryBackoff, MaxBackoff: w.opt.maxRetryBackoff}
+		if h.tx {
+			cfg.Tables = append(cfg.Tables, logical.Table{Schema: schema, Table: name, Route: dispatch.Route{Name: h.route, Tx: true}})
+			if cfg.TxRoute == nil && w.txHandler != nil {
+				cfg.TxRoute = &dispatch.Route{Name: "transaction", Handler: w.adaptTx(w.txHandler), Retry: retry}
+				cfg.TxBufferBytes = w.opt.txBufferBytes
+			}
+			continue
+		}
 		cfg.Tables = append(cfg.Tables, logical.Table{Schema: schema, Table: name, Route: dispatch.Route{
 			Name: h.route, Handler: w.adapt(h.route, h.fn), Lanes: hc.maxGoroutines,
-			Truncate: hc.truncate,
-			Retry:    dispatch.RetryPolicy{MaxRetries: hc.maxRetries, MinBackoff: w.opt.minRetryBackoff, MaxBackoff: w.opt.maxRetryBackoff},
+			Truncate: hc.truncate, Retry: retry,
 		}})
 	}
 	var out []logical.Config

@@ -3,7 +3,11 @@
 // event that handlers receive.
 package change
 
-import "time"
+import (
+	"time"
+
+	"github.com/pgcdc/pgcdc/internal/txbuf"
+)
 
 // Resolver is told when a change has been resolved: its handler succeeded or
 // it was dead-lettered. Only then may the engine confirm its position.
@@ -29,4 +33,8 @@ type Change struct {
 	// Reserved is the share of the dispatcher's memory budget the change
 	// holds while queued (set and released by the dispatcher).
 	Reserved int64
+	// Tx, for a whole-transaction change (Action "TRANSACTION"), holds the
+	// events of the transaction's grouped tables, in commit order. The
+	// dispatcher closes it once the change is resolved or dropped.
+	Tx *txbuf.Buffer
 }

@@ -5,6 +5,7 @@ package deadletter
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -57,8 +58,12 @@ COMMENT ON TABLE ` + s.table + ` IS 'pgcdc dead letters: events whose handler ke
 // Table is the quoted, schema-qualified name of the table.
 func (s *Store) Table() string { return s.table }
 
-// Store records one change with the error that made it fail.
+// Store records one change with the error that made it fail. A whole
+// transaction is stored as one row per event, in one database transaction.
 func (s *Store) Store(ctx context.Context, route string, c *change.Change, attempts int, cause error) error {
+	if c.Tx != nil {
+		return s.storeTx(ctx, route, c, attempts, cause)
+	}
 	_, err := s.pool.Exec(ctx, `INSERT INTO `+s.table+`
 		(worker_type, source, route, event_id, schema_name, table_name, action, lsn, payload, error, attempts)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::pg_lsn, $9::text::json, $10, $11)`,
@@ -123,4 +128,33 @@ func (s *Store) Redeliver(ctx context.Context, source string, limit int, handle 
 		delivered++
 	}
 	return delivered, nil
+}
+
+func (s *Store) storeTx(ctx context.Context, route string, c *change.Change, attempts int, cause error) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	err = c.Tx.Each(func(msg []byte) error {
+		var h struct {
+			EventID string `json:"event_id"`
+			Table   string `json:"table"`
+			Action  string `json:"action"`
+			Schema  string `json:"schema"`
+		}
+		if err := json.Unmarshal(msg, &h); err != nil {
+			return fmt.Errorf("dead letter of transaction %d: %w", c.XID, err)
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO `+s.table+`
+			(worker_type, source, route, event_id, schema_name, table_name, action, lsn, payload, error, attempts)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::pg_lsn, $9::text::json, $10, $11)`,
+			s.workerType, c.Source, route, h.EventID, h.Schema, h.Table, h.Action,
+			lsnText(c.LSN), string(msg), cause.Error(), attempts)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
 }

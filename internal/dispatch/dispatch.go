@@ -49,7 +49,13 @@ type Route struct {
 	Retry   RetryPolicy
 	// Truncate makes TRUNCATE of the table an event for this route.
 	Truncate bool
+	// Tx marks a table whose changes are grouped per transaction and handed
+	// to the transaction route (TxKey) at commit; Handler is unused.
+	Tx bool
 }
+
+// TxKey is the dispatcher key of the transaction route.
+const TxKey = "\x00.tx"
 
 // Table is one routed table: where its changes come from and what handles
 // them.
@@ -146,6 +152,16 @@ func (d *Dispatcher) HandlesTruncate(schema, tableName string) bool {
 	return d.HandlesKey(schema+"."+tableName, true)
 }
 
+// IsTx reports whether the change's table is grouped per transaction.
+func (d *Dispatcher) IsTx(c *change.Change) bool {
+	key := c.RouteKey
+	if key == "" {
+		key = c.Schema + "." + c.Table
+	}
+	t, ok := d.tables[key]
+	return ok && t.route.Tx
+}
+
 // HandlesKey reports whether a route is registered under key
 // ("schema.table"); with truncate, whether it also wants TRUNCATE events.
 func (d *Dispatcher) HandlesKey(key string, truncate bool) bool {
@@ -231,6 +247,9 @@ func (d *Dispatcher) release(c *change.Change) {
 func (d *Dispatcher) Start(ctx context.Context) {
 	d.started = true
 	for _, t := range d.tables {
+		if t.route.Tx {
+			continue // grouped: handled through the transaction route
+		}
 		for _, lane := range t.lanes {
 			d.wg.Add(1)
 			go d.run(ctx, t.route, lane)
@@ -268,9 +287,12 @@ func (d *Dispatcher) run(ctx context.Context, r Route, lane <-chan *change.Chang
 	for c := range lane {
 		d.release(c)
 		if d.stopping.Load() || ctx.Err() != nil {
+			closeTx(c)
 			continue // drain without handling; the stream resends these
 		}
-		if d.handle(ctx, r, c) && c.Pos != nil {
+		resolved := d.handle(ctx, r, c)
+		closeTx(c)
+		if resolved && c.Pos != nil {
 			c.Pos.Done()
 		}
 	}
@@ -346,4 +368,10 @@ func Call(ctx context.Context, h Handler, c *change.Change) (err error) {
 func IsPanic(err error) bool {
 	var p *PanicError
 	return errors.As(err, &p)
+}
+
+func closeTx(c *change.Change) {
+	if c.Tx != nil {
+		_ = c.Tx.Close()
+	}
 }

@@ -14,7 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcdc/pgcdc/internal/change"
+	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/rowjson"
+	"github.com/pgcdc/pgcdc/internal/txbuf"
 )
 
 // relation is the decoder's view of one table, rebuilt from every Relation
@@ -172,6 +174,21 @@ func (d *decoder) truncate(m *pglogrepl.TruncateMessage) []*change.Change {
 		out = append(out, c)
 	}
 	return out
+}
+
+// transaction builds the change that carries a whole transaction's grouped
+// events to the transaction route. Its event_id is derived like the
+// changes' own, from the commit LSN and a position no change can have.
+func (d *decoder) transaction(b *txbuf.Buffer) *change.Change {
+	c := &change.Change{
+		Source: d.s.cfg.Name, Action: "TRANSACTION", RouteKey: dispatch.TxKey,
+		LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime, Tx: b,
+	}
+	seq := d.seq
+	d.seq = 0 // position 0: before every change of the transaction
+	c.EventID = d.eventID()
+	d.seq = seq
+	return c
 }
 
 // eventID is md5(source identity / commit LSN / position in the transaction):

@@ -38,6 +38,11 @@ type Config struct {
 	Slot        string
 	Publication string
 	Tables      []Table
+	// TxRoute, if set, handles whole transactions of the tables whose route
+	// has Tx set; TxBufferBytes bounds the memory a transaction's events
+	// take before they spill to a temporary file (< 1 means 16 MiB).
+	TxRoute       *dispatch.Route
+	TxBufferBytes int64
 	// ConfigureConn, if set, adjusts every connection config before use.
 	ConfigureConn func(*pgconn.Config)
 	DeadLetter    dispatch.DeadLetter // nil: retry failed handlers for ever
@@ -297,6 +302,11 @@ func (s *Source) startDispatcher(ctx context.Context, pool *pgxpool.Pool) error 
 	s.disp = dispatch.New(dispatch.Config{DeadLetter: dl, Logger: s.cfg.Logger})
 	for _, t := range s.cfg.Tables {
 		s.disp.Add(t.Schema, t.Table, t.Route)
+	}
+	if s.cfg.TxRoute != nil {
+		r := *s.cfg.TxRoute
+		r.Lanes = 1 // transactions are handled one at a time, in commit order
+		s.disp.Add("\x00", "tx", r)
 	}
 	s.disp.Start(ctx)
 	return nil

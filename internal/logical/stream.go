@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgcdc/pgcdc/internal/change"
 	"github.com/pgcdc/pgcdc/internal/checkpoint"
+	"github.com/pgcdc/pgcdc/internal/txbuf"
 )
 
 // stream is the read loop of one replication connection. It is the only
@@ -24,6 +25,7 @@ type stream struct {
 	tracker *checkpoint.Tracker
 
 	txn        *checkpoint.Txn
+	txb        *txbuf.Buffer // grouped events of the current transaction
 	received   pglogrepl.LSN // highest WAL position received
 	serverEnd  pglogrepl.LSN // server's WAL end from the last message
 	sentFlush  pglogrepl.LSN
@@ -34,6 +36,11 @@ type stream struct {
 const minStatusGap = 100 * time.Millisecond
 
 func (st *stream) run(ctx context.Context) error {
+	defer func() {
+		if st.txb != nil { // a transaction cut short: it is sent again
+			_ = st.txb.Close()
+		}
+	}()
 	st.sentFlush = pglogrepl.LSN(st.tracker.Confirmed())
 	st.lastStatus = time.Now()
 	// One deadline context serves every receive of a second: a context per
@@ -104,6 +111,14 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 		st.txn = st.tracker.Open()
 		st.dec.begin(m)
 	case *pglogrepl.CommitMessage:
+		if st.txb != nil {
+			c := st.dec.transaction(st.txb)
+			st.txb = nil
+			if err := st.deliver(ctx, c); err != nil {
+				_ = c.Tx.Close()
+				return err
+			}
+		}
 		if st.txn != nil {
 			st.txn.Seal(uint64(m.TransactionEndLSN))
 			st.txn = nil
@@ -125,6 +140,12 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 		c, err := st.dec.change(m)
 		if err != nil {
 			return err
+		}
+		if c != nil && st.s.disp.IsTx(c) {
+			if st.txb == nil {
+				st.txb = txbuf.New(st.s.cfg.TxBufferBytes, "")
+			}
+			return st.txb.Add(c.Message)
 		}
 		if c != nil {
 			return st.deliver(ctx, c)
