@@ -26,6 +26,9 @@ import (
 // cleanupTimeout bounds the deletes and releases done when a session ends.
 const cleanupTimeout = 5 * time.Second
 
+// claimQueryTimeout bounds one claim statement.
+const claimQueryTimeout = 30 * time.Second
+
 // claimBytes bounds the stored size of one claimed batch (at least one event
 // is claimed, however big), so a backlog of large rows does not fill memory.
 const claimBytes = 16 << 20
@@ -252,7 +255,12 @@ func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch
 
 // claim claims one batch and dispatches it; it returns the number claimed.
 func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher, sql string, schemas, names []string, limit int, timeoutMs int64) (int, error) {
-	rows, err := pool.Query(ctx, sql, schemas, names, limit, s.claimer, timeoutMs, claimBytes)
+	// The claim commits when the statement ends, so it is not cancelled
+	// with ctx: every claimed row is read and tracked, and released when
+	// the session ends, instead of staying claimed until it expires.
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimQueryTimeout)
+	defer cancel()
+	rows, err := pool.Query(qctx, sql, schemas, names, limit, s.claimer, timeoutMs, claimBytes)
 	if err != nil {
 		return 0, fmt.Errorf("source %s: claiming events: %w", s.label, err)
 	}
