@@ -282,9 +282,17 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 	// to later sessions (other claimer names) those rows hold back the
 	// later events of their keys until then.
 	s.mu.Lock()
+	fresh := batch[:0]
 	for _, ev := range batch {
-		s.inflight[ev.id] = struct{}{}
+		// A row of this session whose claim lapsed (a late heartbeat) and
+		// was claimed again is already in its lane: do not hand it over twice.
+		if _, dup := s.inflight[ev.id]; !dup {
+			s.inflight[ev.id] = struct{}{}
+			fresh = append(fresh, ev)
+		}
 	}
+	n := len(batch)
+	batch = fresh
 	s.mu.Unlock()
 	if err != nil {
 		return 0, fmt.Errorf("source %s: claiming events: %w", s.label, err)
@@ -293,17 +301,17 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 	for _, ev := range batch {
 		c := s.change(ev)
 		if ev.action == "TRUNCATE" && !s.barrier(ctx, ev.id) {
-			return len(batch), nil
+			return n, nil
 		}
 		routed, err := disp.Send(ctx, c, func() error { return nil })
 		if err != nil {
-			return len(batch), nil // ctx ended: the rest is released when the session ends
+			return n, nil // ctx ended: the rest is released when the session ends
 		}
 		if !routed {
 			c.Pos.Done() // not routed (cannot happen: the claim filters by table)
 		}
 	}
-	return len(batch), nil
+	return n, nil
 }
 
 // barrier waits until every event before id that this instance claimed is
