@@ -50,6 +50,7 @@ type option struct {
 	deadLetterOff        bool
 	recreateLostSlot     bool
 	txBufferBytes        int64
+	noStreaming          bool
 	captureMode          CaptureMode
 	triggerSchema        string
 }
@@ -170,6 +171,16 @@ func DisableDeadLetter() OptionFunc {
 // missed; without this option (the default) Serve stops with ErrSlotLost.
 func SetRecreateLostSlot(accept bool) OptionFunc {
 	return func(o *option) { o.recreateLostSlot = accept }
+}
+
+// DisableStreaming keeps pgoutput protocol 1: a large transaction is sent
+// only when it commits, and the server spills it to its own disk until
+// then. By default (PostgreSQL 14 and later) large transactions are
+// streamed while in progress and wait in pgcdc's buffer instead (memory up
+// to SetTxBufferBytes, then a temporary file); either way no event reaches a
+// handler before its transaction committed.
+func DisableStreaming() OptionFunc {
+	return func(o *option) { o.noStreaming = true }
 }
 
 func (o *option) fill() {

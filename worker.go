@@ -332,6 +332,7 @@ func (w *Worker) sourceConfig(s source) logical.Config {
 		MinReconnect: w.opt.minReconnectInterval, MaxReconnect: w.opt.maxReconnectInterval,
 		OnError: w.opt.onErrorConnection, Logger: w.opt.logger,
 		RecreateLostSlot: w.opt.recreateLostSlot,
+		NoStreaming:      w.opt.noStreaming, TxBufferBytes: w.opt.txBufferBytes,
 	}
 	if w.opt.locker != nil {
 		cfg.Locker = w.opt.locker

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -24,7 +25,10 @@ type Store struct {
 // Open creates the dead-letter table (and its schema) if missing.
 func Open(ctx context.Context, pool *pgxpool.Pool, schema, table, workerType string) (*Store, error) {
 	s := &Store{pool: pool, table: pgident.Qualified(schema, table), workerType: workerType}
-	ddl := `CREATE SCHEMA IF NOT EXISTS ` + pgident.Quote(schema) + `;
+	// IF NOT EXISTS is not safe against a concurrent creator (two workers
+	// starting together): serialize on an advisory lock, in one transaction.
+	ddl := `BEGIN; SELECT pg_advisory_xact_lock(7245931182654219);
+CREATE SCHEMA IF NOT EXISTS ` + pgident.Quote(schema) + `;
 CREATE TABLE IF NOT EXISTS ` + s.table + ` (
 	id          bigserial PRIMARY KEY,
 	created_at  timestamptz NOT NULL DEFAULT now(),
@@ -40,9 +44,10 @@ CREATE TABLE IF NOT EXISTS ` + s.table + ` (
 	error       text NOT NULL,
 	attempts    integer NOT NULL
 );
-COMMENT ON TABLE ` + s.table + ` IS 'pgcdc dead letters: events whose handler kept failing'`
+COMMENT ON TABLE ` + s.table + ` IS 'pgcdc dead letters: events whose handler kept failing';
+COMMIT`
 	if schema == "public" || schema == "" {
-		ddl = ddl[len(`CREATE SCHEMA IF NOT EXISTS `+pgident.Quote(schema)+`;`):]
+		ddl = strings.Replace(ddl, `CREATE SCHEMA IF NOT EXISTS `+pgident.Quote(schema)+`;`, "", 1)
 	}
 	conn, err := pool.Acquire(ctx)
 	if err != nil {

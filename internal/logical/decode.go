@@ -120,26 +120,9 @@ func (d *decoder) setRelation(m *pglogrepl.RelationMessage, pk []string) {
 // routed (the message is then skipped and counts as resolved).
 func (d *decoder) change(msg pglogrepl.Message) (*change.Change, error) {
 	d.seq++
-	var relID uint32
-	var action string
-	var oldT, newT *pglogrepl.TupleData
-	var oldIsKey bool
-	switch m := msg.(type) {
-	case *pglogrepl.InsertMessage:
-		relID, action, newT = m.RelationID, "INSERT", m.Tuple
-	case *pglogrepl.UpdateMessage:
-		relID, action, oldT, newT = m.RelationID, "UPDATE", m.OldTuple, m.NewTuple
-		oldIsKey = m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey
-	case *pglogrepl.DeleteMessage:
-		relID, action, oldT = m.RelationID, "DELETE", m.OldTuple
-		oldIsKey = m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey
-	}
-	r, ok := d.rels[relID]
-	if !ok {
-		return nil, fmt.Errorf("source %s: change for relation %d before its Relation message", d.s.label(), relID)
-	}
-	if !d.s.disp.HandlesKey(r.routeKey, false) {
-		return nil, nil
+	r, action, oldT, newT, oldIsKey, err := d.row(msg)
+	if err != nil || !d.s.disp.HandlesKey(r.routeKey, false) {
+		return nil, err
 	}
 	c := &change.Change{
 		Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: action,
@@ -153,6 +136,26 @@ func (d *decoder) change(msg pglogrepl.Message) (*change.Change, error) {
 	c.PartKey = partKey(r, keyT)
 	c.Message = d.message(r, c, oldT, newT, oldIsKey)
 	return c, nil
+}
+
+// row unpacks a row message and finds its relation.
+func (d *decoder) row(msg pglogrepl.Message) (r *relation, action string, oldT, newT *pglogrepl.TupleData, oldIsKey bool, err error) {
+	var relID uint32
+	switch m := msg.(type) {
+	case *pglogrepl.InsertMessage:
+		relID, action, newT = m.RelationID, "INSERT", m.Tuple
+	case *pglogrepl.UpdateMessage:
+		relID, action, oldT, newT = m.RelationID, "UPDATE", m.OldTuple, m.NewTuple
+		oldIsKey = m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey
+	case *pglogrepl.DeleteMessage:
+		relID, action, oldT = m.RelationID, "DELETE", m.OldTuple
+		oldIsKey = m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey
+	}
+	r, ok := d.rels[relID]
+	if !ok {
+		return nil, "", nil, nil, false, fmt.Errorf("source %s: change for relation %d before its Relation message", d.s.label(), relID)
+	}
+	return r, action, oldT, newT, oldIsKey, nil
 }
 
 // truncate builds one TRUNCATE event per truncated table whose route asked
@@ -222,10 +225,19 @@ func (d *decoder) message(r *relation, c *change.Change, oldT, newT *pglogrepl.T
 	b := make([]byte, 0, messageSize(r, oldT, newT))
 	b = append(b, `{"event_id":"`...)
 	b = append(b, c.EventID...)
-	b = append(b, `","table":`...)
+	b = append(b, '"')
+	b = d.appendBody(b, r, c.Action, oldT, newT, oldIsKey)
+	return d.appendTail(b)
+}
+
+// appendBody writes the part of an event that does not depend on the
+// commit: from "table" to "source" (and "unchanged_toast"). A streamed
+// transaction keeps only this until it commits.
+func (d *decoder) appendBody(b []byte, r *relation, action string, oldT, newT *pglogrepl.TupleData, oldIsKey bool) []byte {
+	b = append(b, `,"table":`...)
 	b = append(b, r.tableJSON...)
 	b = append(b, `,"action":"`...)
-	b = append(b, c.Action...)
+	b = append(b, action...)
 	b = append(b, `","data":{"old":`...)
 	var unchanged []string
 	b = d.appendRow(b, r, oldT, nil, oldIsKey, nil)
@@ -235,13 +247,6 @@ func (d *decoder) message(r *relation, c *change.Change, oldT, newT *pglogrepl.T
 	b = append(b, r.schemaJSON...)
 	b = append(b, `,"source":`...)
 	b = append(b, d.sourceJSON...)
-	b = append(b, `,"lsn":"`...)
-	b = appendLSN(b, uint64(d.commitLSN))
-	b = append(b, `","xid":`...)
-	b = strconv.AppendUint(b, uint64(d.xid), 10)
-	b = append(b, `,"commit_time":"`...)
-	b = d.commitTime.UTC().AppendFormat(b, time.RFC3339Nano)
-	b = append(b, '"')
 	if len(unchanged) > 0 {
 		b = append(b, `,"unchanged_toast":[`...)
 		for i, name := range unchanged {
@@ -252,7 +257,18 @@ func (d *decoder) message(r *relation, c *change.Change, oldT, newT *pglogrepl.T
 		}
 		b = append(b, ']')
 	}
-	return append(b, '}')
+	return b
+}
+
+// appendTail writes the commit's fields and closes the event.
+func (d *decoder) appendTail(b []byte) []byte {
+	b = append(b, `,"lsn":"`...)
+	b = appendLSN(b, uint64(d.commitLSN))
+	b = append(b, `","xid":`...)
+	b = strconv.AppendUint(b, uint64(d.xid), 10)
+	b = append(b, `,"commit_time":"`...)
+	b = d.commitTime.UTC().AppendFormat(b, time.RFC3339Nano)
+	return append(b, `"}`...)
 }
 
 // messageSize guesses the event's length, so building it rarely grows the
@@ -328,7 +344,7 @@ func (d *decoder) appendRow(b []byte, r *relation, t, fallback *pglogrepl.TupleD
 
 // parse decodes one pgoutput message. pglogrepl panics on some malformed
 // input (an empty message, short tuples); that becomes an error here.
-func parse(data []byte) (m pglogrepl.Message, err error) {
+func parse(data []byte, inStream bool) (m pglogrepl.Message, err error) {
 	if len(data) == 0 {
 		return nil, fmt.Errorf("empty pgoutput message")
 	}
@@ -337,7 +353,7 @@ func parse(data []byte) (m pglogrepl.Message, err error) {
 			m, err = nil, fmt.Errorf("malformed pgoutput message (type %q, %d bytes): %v", data[0], len(data), v)
 		}
 	}()
-	return pglogrepl.Parse(data)
+	return pglogrepl.ParseV2(data, inStream)
 }
 
 // appendLSN writes an LSN as PostgreSQL does: upper-case hex "16/B374D848".

@@ -41,6 +41,7 @@ func testDecoder(t testing.TB) *decoder {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rm, _ = unwrapV2(rm)
 	d.setRelation(rm.(*pglogrepl.RelationMessage), []string{"id"})
 	d.begin(&pglogrepl.BeginMessage{FinalLSN: 0x16B3748, Xid: 42, CommitTime: time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)})
 	return d
@@ -48,10 +49,11 @@ func testDecoder(t testing.TB) *decoder {
 
 func decode(t testing.TB, d *decoder, b []byte) map[string]json.RawMessage {
 	t.Helper()
-	m, err := parse(b)
+	m, err := parse(b, false)
 	if err != nil {
 		t.Fatal(err)
 	}
+	m, _ = unwrapV2(m)
 	c, err := d.change(m)
 	if err != nil || c == nil {
 		t.Fatalf("change = %v, %v", c, err)
@@ -131,10 +133,11 @@ func FuzzDecodeChange(f *testing.F) {
 	f.Add(relationMsg())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		d := testDecoder(t)
-		m, err := parse(b)
+		m, err := parse(b, false)
 		if err != nil {
 			return
 		}
+		m, _ = unwrapV2(m)
 		switch m := m.(type) {
 		case *pglogrepl.RelationMessage:
 			d.setRelation(m, []string{"id"})

@@ -43,6 +43,9 @@ type Config struct {
 	// take before they spill to a temporary file (< 1 means 16 MiB).
 	TxRoute       *dispatch.Route
 	TxBufferBytes int64
+	// NoStreaming keeps protocol 1: large transactions are sent at commit
+	// (the server spills them to its disk meanwhile) instead of streamed.
+	NoStreaming bool
 	// ConfigureConn, if set, adjusts every connection config before use.
 	ConfigureConn func(*pgconn.Config)
 	DeadLetter    dispatch.DeadLetter // nil: retry failed handlers for ever
@@ -262,9 +265,13 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 	}
 	s.tracker = checkpoint.New(uint64(start))
 
-	err = pglogrepl.StartReplication(readCtx, conn, s.cfg.Slot, start, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names " + quoteLiteral(s.cfg.Publication)},
-	})
+	args := []string{"proto_version '1'", "publication_names " + quoteLiteral(s.cfg.Publication)}
+	if !s.cfg.NoStreaming && serverMajor(conn) >= 14 {
+		// Large transactions arrive while in progress and wait in pgcdc's
+		// buffer, not in the server's spill files.
+		args = []string{"proto_version '2'", "streaming 'on'", "publication_names " + quoteLiteral(s.cfg.Publication)}
+	}
+	err = pglogrepl.StartReplication(readCtx, conn, s.cfg.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
@@ -296,7 +303,11 @@ func (s *Source) startDispatcher(ctx context.Context, pool *pgxpool.Pool) error 
 	if dl == nil && s.cfg.NewDeadLetter != nil {
 		var err error
 		if dl, err = s.cfg.NewDeadLetter(ctx, pool); err != nil {
-			return &errs.Fatal{Err: fmt.Errorf("source %s: %w", s.label(), err)}
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+				return &errs.Fatal{Err: fmt.Errorf("%w: source %s: %v", errs.ErrPrivilege, s.label(), err)}
+			}
+			return fmt.Errorf("source %s: %w", s.label(), err)
 		}
 	}
 	s.disp = dispatch.New(dispatch.Config{DeadLetter: dl, Logger: s.cfg.Logger})
@@ -385,4 +396,17 @@ func (s *Source) watchLag(ctx context.Context, pool *pgxpool.Pool) {
 		case <-t.C:
 		}
 	}
+}
+
+// serverMajor is the server's major version (0 if unknown).
+func serverMajor(conn *pgconn.PgConn) int {
+	v := conn.ParameterStatus("server_version")
+	n := 0
+	for _, r := range v {
+		if r < '0' || r > '9' {
+			break
+		}
+		n = n*10 + int(r-'0')
+	}
+	return n
 }

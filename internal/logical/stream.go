@@ -24,10 +24,14 @@ type stream struct {
 	dec     *decoder
 	tracker *checkpoint.Tracker
 
-	txn        *checkpoint.Txn
-	txb        *txbuf.Buffer // grouped events of the current transaction
-	received   pglogrepl.LSN // highest WAL position received
-	serverEnd  pglogrepl.LSN // server's WAL end from the last message
+	txn *checkpoint.Txn
+	txb *txbuf.Buffer // grouped events of the current transaction
+
+	inStream   bool // between Stream Start and Stream Stop
+	streamXid  uint32
+	streams    map[uint32]*streamedTxn // in-progress streamed transactions
+	received   pglogrepl.LSN           // highest WAL position received
+	serverEnd  pglogrepl.LSN           // server's WAL end from the last message
 	sentFlush  pglogrepl.LSN
 	lastStatus time.Time
 }
@@ -39,6 +43,9 @@ func (st *stream) run(ctx context.Context) error {
 	defer func() {
 		if st.txb != nil { // a transaction cut short: it is sent again
 			_ = st.txb.Close()
+		}
+		for _, t := range st.streams {
+			_ = t.buf.Close()
 		}
 	}()
 	st.sentFlush = pglogrepl.LSN(st.tracker.Confirmed())
@@ -102,56 +109,108 @@ func (st *stream) copyData(ctx context.Context, data []byte) error {
 
 // logical handles one pgoutput message.
 func (st *stream) logical(ctx context.Context, data []byte) error {
-	msg, err := parse(data)
+	msg, err := parse(data, st.inStream)
 	if err != nil {
 		return fmt.Errorf("source %s: decoding pgoutput: %w", st.s.label(), err)
 	}
+	if ok, err := st.streamMessage(ctx, msg); ok {
+		return err
+	}
+	msg, xid := unwrapV2(msg)
 	switch m := msg.(type) {
 	case *pglogrepl.BeginMessage:
 		st.txn = st.tracker.Open()
 		st.dec.begin(m)
 	case *pglogrepl.CommitMessage:
-		if st.txb != nil {
-			c := st.dec.transaction(st.txb)
-			st.txb = nil
-			if err := st.deliver(ctx, c); err != nil {
-				_ = c.Tx.Close()
-				return err
-			}
-		}
-		if st.txn != nil {
-			st.txn.Seal(uint64(m.TransactionEndLSN))
-			st.txn = nil
-		}
+		return st.commit(ctx, m.TransactionEndLSN)
 	case *pglogrepl.RelationMessage:
 		return st.dec.relation(ctx, st.pool, m)
 	case *pglogrepl.TruncateMessage:
+		if st.inStream {
+			return st.streamed(xid, st.dec.truncateRecords(m)...)
+		}
 		for _, c := range st.dec.truncate(m) {
-			// Every earlier change must be handled before a TRUNCATE runs:
-			// lanes would otherwise let it overtake them.
-			if err := st.barrier(ctx); err != nil {
-				return err
-			}
-			if err := st.deliver(ctx, c); err != nil {
+			if err := st.handleChange(ctx, c); err != nil {
 				return err
 			}
 		}
 	case *pglogrepl.InsertMessage, *pglogrepl.UpdateMessage, *pglogrepl.DeleteMessage:
+		if st.inStream {
+			rec, err := st.dec.record(m)
+			if err != nil {
+				return err
+			}
+			return st.streamed(xid, rec)
+		}
 		c, err := st.dec.change(m)
-		if err != nil {
+		if err != nil || c == nil {
 			return err
 		}
-		if c != nil && st.s.disp.IsTx(c) {
-			if st.txb == nil {
-				st.txb = txbuf.New(st.s.cfg.TxBufferBytes, "")
-			}
-			return st.txb.Add(c.Message)
-		}
-		if c != nil {
-			return st.deliver(ctx, c)
-		}
+		return st.handleChange(ctx, c)
 	}
 	return nil
+}
+
+// handleChange routes one change of the current transaction: grouped for a
+// transaction handler, or to its lane.
+func (st *stream) handleChange(ctx context.Context, c *change.Change) error {
+	if st.s.disp.IsTx(c) {
+		if c.Action == "TRUNCATE" {
+			return nil
+		}
+		if st.txb == nil {
+			st.txb = txbuf.New(st.s.cfg.TxBufferBytes, "")
+		}
+		return st.txb.Add(c.Message)
+	}
+	if c.Action == "TRUNCATE" {
+		// Every earlier change must be handled before a TRUNCATE runs:
+		// lanes would otherwise let it overtake them.
+		if err := st.barrier(ctx); err != nil {
+			return err
+		}
+	}
+	return st.deliver(ctx, c)
+}
+
+// commit ends the current transaction: its grouped changes go to the
+// transaction handler, and its end may be confirmed once all is resolved.
+func (st *stream) commit(ctx context.Context, end pglogrepl.LSN) error {
+	if st.txb != nil {
+		c := st.dec.transaction(st.txb)
+		st.txb = nil
+		if err := st.deliver(ctx, c); err != nil {
+			_ = c.Tx.Close()
+			return err
+		}
+	}
+	if st.txn != nil {
+		st.txn.Seal(uint64(end))
+		st.txn = nil
+	}
+	return nil
+}
+
+// unwrapV2 returns the protocol-1 message inside a protocol-2 one, with the
+// (sub)transaction id it carries inside a stream.
+func unwrapV2(msg pglogrepl.Message) (pglogrepl.Message, uint32) {
+	switch m := msg.(type) {
+	case *pglogrepl.InsertMessageV2:
+		return &m.InsertMessage, m.Xid
+	case *pglogrepl.UpdateMessageV2:
+		return &m.UpdateMessage, m.Xid
+	case *pglogrepl.DeleteMessageV2:
+		return &m.DeleteMessage, m.Xid
+	case *pglogrepl.TruncateMessageV2:
+		return &m.TruncateMessage, m.Xid
+	case *pglogrepl.RelationMessageV2:
+		return &m.RelationMessage, m.Xid
+	case *pglogrepl.TypeMessageV2:
+		return &m.TypeMessage, m.Xid
+	case *pglogrepl.LogicalDecodingMessageV2:
+		return &m.LogicalDecodingMessage, m.Xid
+	}
+	return msg, 0
 }
 
 // deliver hands a change to its lane, answering the server meanwhile so a

@@ -22,6 +22,48 @@ type Buffer struct {
 	w        *bufio.Writer
 	n        int
 	dir      string
+	fileLen  int64 // bytes written to the file
+}
+
+// Pos is a position in a buffer (see Mark).
+type Pos struct {
+	n, mem  int
+	fileLen int64
+}
+
+// After reports whether p was marked after q.
+func (p Pos) After(q Pos) bool { return p.n > q.n }
+
+// Mark returns the current end of the buffer.
+func (b *Buffer) Mark() Pos { return Pos{n: b.n, mem: len(b.mem), fileLen: b.fileLen} }
+
+// TruncateTo drops every message added after p was marked (an aborted
+// subtransaction's changes).
+func (b *Buffer) TruncateTo(p Pos) error {
+	if p.n >= b.n {
+		return nil
+	}
+	b.n = p.n
+	clear(b.mem[p.mem:])
+	b.mem = b.mem[:p.mem]
+	b.memBytes = 0
+	for _, m := range b.mem {
+		b.memBytes += int64(len(m))
+	}
+	if b.file == nil {
+		return nil
+	}
+	if err := b.w.Flush(); err != nil {
+		return fmt.Errorf("txbuf: %w", err)
+	}
+	if err := b.file.Truncate(p.fileLen); err != nil {
+		return fmt.Errorf("txbuf: %w", err)
+	}
+	if _, err := b.file.Seek(p.fileLen, io.SeekStart); err != nil {
+		return fmt.Errorf("txbuf: %w", err)
+	}
+	b.fileLen = p.fileLen
+	return nil
 }
 
 // New returns a buffer that keeps up to limit bytes in memory (< 1 means
@@ -63,6 +105,7 @@ func (b *Buffer) Add(msg []byte) error {
 	if _, err := b.w.Write(msg); err != nil {
 		return fmt.Errorf("txbuf: %w", err)
 	}
+	b.fileLen += int64(len(hdr) + len(msg))
 	return nil
 }
 
@@ -80,7 +123,7 @@ func (b *Buffer) Each(fn func(msg []byte) error) error {
 	if err := b.w.Flush(); err != nil {
 		return fmt.Errorf("txbuf: %w", err)
 	}
-	r := bufio.NewReaderSize(io.NewSectionReader(b.file, 0, 1<<62), 1<<16)
+	r := bufio.NewReaderSize(io.NewSectionReader(b.file, 0, b.fileLen), 1<<16)
 	var hdr [4]byte
 	var buf []byte
 	for {
