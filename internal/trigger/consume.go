@@ -206,7 +206,8 @@ WHERE e.id = c.id
 	AND NOT EXISTS (SELECT 1 FROM earlier b WHERE b.row_key = c.row_key AND b.id < c.id)
 	AND (c.action <> 'TRUNCATE' OR NOT EXISTS (SELECT 1 FROM earlier b
 		WHERE b.schema_name = c.schema_name AND b.table_name = c.table_name AND b.id < c.id))
-RETURNING e.id, e.schema_name, e.table_name, e.action, e.row_key, e.old::text, e.new::text, e.xid::text, ` + when
+RETURNING e.id, e.schema_name, e.table_name, e.action, e.row_key, e.old::text, e.new::text, e.xid::text, ` + when + `,
+	(SELECT count(*) FROM cand)`
 }
 
 // consume claims batches and hands their changes to the lanes until ctx
@@ -231,18 +232,18 @@ func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch
 				return nil
 			}
 		}
-		n, err := s.claim(ctx, pool, disp, sql, schemas, names, limit, timeoutMs)
+		more, err := s.claim(ctx, pool, disp, sql, schemas, names, limit, timeoutMs)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		if n > 0 {
+		if more {
 			if ctx.Err() != nil {
 				return nil
 			}
-			continue // more may be waiting: claim again at once
+			continue // a full batch: claim again at once
 		}
 		timer.Reset(s.cfg.PollInterval)
 		select {
@@ -253,8 +254,9 @@ func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch
 	}
 }
 
-// claim claims one batch and dispatches it; it returns the number claimed.
-func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher, sql string, schemas, names []string, limit int, timeoutMs int64) (int, error) {
+// claim claims one batch and dispatches it. It reports whether more events
+// are probably waiting: some were claimed and the candidate scan was full.
+func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher, sql string, schemas, names []string, limit int, timeoutMs int64) (bool, error) {
 	// The claim commits when the statement ends, so it is not cancelled
 	// with ctx: every claimed row is read and tracked, and released when
 	// the session ends, instead of staying claimed until it expires.
@@ -262,12 +264,13 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 	defer cancel()
 	rows, err := pool.Query(qctx, sql, schemas, names, limit, s.claimer, timeoutMs, claimBytes)
 	if err != nil {
-		return 0, fmt.Errorf("source %s: claiming events: %w", s.label, err)
+		return false, fmt.Errorf("source %s: claiming events: %w", s.label, err)
 	}
 	var batch []*event
+	var candN int64
 	for rows.Next() {
 		ev := &event{}
-		if err = rows.Scan(&ev.id, &ev.schema, &ev.table, &ev.action, &ev.rowKey, &ev.old, &ev.new, &ev.xid, &ev.commitTime); err != nil {
+		if err = rows.Scan(&ev.id, &ev.schema, &ev.table, &ev.action, &ev.rowKey, &ev.old, &ev.new, &ev.xid, &ev.commitTime, &candN); err != nil {
 			break
 		}
 		batch = append(batch, ev)
@@ -291,27 +294,27 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 			fresh = append(fresh, ev)
 		}
 	}
-	n := len(batch)
+	more := len(batch) > 0 && candN >= int64(limit)
 	batch = fresh
 	s.mu.Unlock()
 	if err != nil {
-		return 0, fmt.Errorf("source %s: claiming events: %w", s.label, err)
+		return false, fmt.Errorf("source %s: claiming events: %w", s.label, err)
 	}
 	slices.SortFunc(batch, func(a, b *event) int { return cmp.Compare(a.id, b.id) })
 	for _, ev := range batch {
 		c := s.change(ev)
 		if ev.action == "TRUNCATE" && !s.barrier(ctx, ev.id) {
-			return n, nil
+			return more, nil
 		}
 		routed, err := disp.Send(ctx, c, func() error { return nil })
 		if err != nil {
-			return n, nil // ctx ended: the rest is released when the session ends
+			return more, nil // ctx ended: the rest is released when the session ends
 		}
 		if !routed {
 			c.Pos.Done() // not routed (cannot happen: the claim filters by table)
 		}
 	}
-	return n, nil
+	return more, nil
 }
 
 // barrier waits until every event before id that this instance claimed is

@@ -112,8 +112,8 @@
 // # Wake-up
 //
 // The consumer polls: it claims every PollInterval (default 50 ms), and
-// again at once whenever the last claim returned events, so under load it
-// never waits.
+// again at once when the last claim was full (it claimed events and its
+// candidate scan reached the batch size), so under load it never waits.
 // A NOTIFY from the trigger would cut the idle latency but makes every
 // writing transaction take the cluster-wide NOTIFY lock at commit, which
 // serializes committing writers. Measured with BenchmarkWakeup (one INSERT
@@ -154,7 +154,11 @@
 // (Backlog reports it). The table is created with autovacuum settings for a
 // queue (vacuum after 1000 dead rows whatever the table size, no cost delay)
 // and fillfactor 80 so the claim update can usually stay on the same page
-// (HOT); no explicit VACUUM is run. Consumer connections run with jit off:
+// (HOT); no explicit VACUUM is run. Consumer connections run with
+// synchronous_commit off: a claim, delete or release lost in a server crash
+// only causes a redelivery, and not waiting for the WAL flush keeps the
+// consumer's commits from queueing for fsync next to the writers'. They
+// run with jit off:
 // the claim query's estimates can pass jit_above_cost on a large table, and
 // compiling it took a second where running it takes milliseconds.
 //

@@ -236,6 +236,11 @@ func (s *Source) connConfig() (*pgconn.Config, error) {
 	// The claim query's estimates can pass jit_above_cost on a large event
 	// table; compiling it then costs far more (a second) than running it.
 	cfg.RuntimeParams["jit"] = "off"
+	// Claims, deletes and releases need not wait for the WAL flush: losing
+	// the last of them in a server crash only means redeliveries (at least
+	// once), and WAL order keeps a lost claim from outliving a kept delete.
+	// Waiting would put the consumer's commits in the writers' way.
+	cfg.RuntimeParams["synchronous_commit"] = "off"
 	if s.cfg.ConfigureConn != nil {
 		s.cfg.ConfigureConn(cfg)
 	}
