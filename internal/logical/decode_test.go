@@ -159,3 +159,20 @@ func TestAppendLSN(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkDecodeInsert(b *testing.B) {
+	d := testDecoder(b)
+	ins := msg{}.u8('I').u32(16400).u8('N').tuple(3).text("123456").text("row-123456-0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghij").text("1234.50")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(ins)))
+	for b.Loop() {
+		m, err := parse(ins, false)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m, _ = unwrapV2(m)
+		if _, err := d.change(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
