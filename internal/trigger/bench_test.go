@@ -304,7 +304,7 @@ func idleClaimMicros(b *testing.B, s *Source, dsn string) float64 {
 	const n = 200
 	began := time.Now()
 	for range n {
-		rows, err := pool.Query(context.Background(), sql, schemas, names, 500, "idle-probe", int64(1000))
+		rows, err := pool.Query(context.Background(), sql, schemas, names, 500, "idle-probe", int64(1000), claimBytes)
 		if err != nil {
 			b.Fatal(err)
 		}

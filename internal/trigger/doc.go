@@ -117,30 +117,33 @@
 // A NOTIFY from the trigger would cut the idle latency but makes every
 // writing transaction take the cluster-wide NOTIFY lock at commit, which
 // serializes committing writers. Measured with BenchmarkWakeup (one INSERT
-// per transaction, consumer running; 2 vCPUs shared with other jobs,
-// PostgreSQL 15, median of 3 runs, transactions/s):
+// per transaction, the consumer running; PostgreSQL 15 on 2 vCPUs shared
+// with other jobs, load average 7 to 11 during the run, so compare within
+// a column; median of 3 runs, transactions/s):
 //
 //	durable commits (fsync, synchronous_commit on)   1 client   8 clients   32 clients
-//	  no capture                                         2060       3128         4876
-//	  pgcdc trigger, polling (default)                   1129       2168         3043
-//	  pgcdc trigger + NOTIFY wake-up per write            934        894          497
-//	  candi: pg_notify(row JSON), no table               1047       1726         1469
+//	  no capture                                         1136       2413         4017
+//	  pgcdc trigger, polling (default)                    807       1779         2709
+//	  pgcdc trigger + NOTIFY wake-up per write            695        946          873
+//	  candi: pg_notify(row JSON), no table               1036       1163         1071
 //	fsync and synchronous_commit off
-//	  no capture                                         5037       8586         7776
-//	  pgcdc trigger, polling (default)                   2593       2962         2629
-//	  pgcdc trigger + NOTIFY wake-up per write           1195       1806         1230
-//	  candi: pg_notify(row JSON), no table               1596       2610         1874
+//	  no capture                                         4444       8311         5071
+//	  pgcdc trigger, polling (default)                   2913       5437         4816
+//	  pgcdc trigger + NOTIFY wake-up per write           3686       3525         2182
+//	  candi: pg_notify(row JSON), no table               2139       2565         2367
 //
-// Adding a NOTIFY wake-up to the trigger costs 2.4 to 6 times the write
-// throughput at 8 and 32 clients with durable commits; polling beats candi's
-// NOTIFY design by 2.1 times at 32 clients. BenchmarkPollLatency gives the
-// price of polling: commit-to-handler latency p50/p99 of 3/11 ms at a 5 ms
-// interval, 12/23 ms at 20 ms, 27/52 ms at 50 ms and 53/102 ms at 100 ms,
-// for an idle claim of about 0.3 ms round trip (at 50 ms, well under 1% of
-// a core per instance). 50 ms keeps idle cost negligible with latency far
-// below human scale; set PollInterval lower for tighter latency.
-// BenchmarkDrain: one consumer empties a backlog at about 13,000 events/s
-// with batches of 100, 25,000 with 500 (the default) and 32,000 with 2,000.
+// With durable commits, adding a NOTIFY wake-up to the trigger costs 1.9
+// times the write throughput at 8 clients and 3.1 times at 32, and polling
+// beats candi's NOTIFY design by 2.5 times at 32 clients (2.0 times without
+// fsync). BenchmarkPollLatency gives the price of polling, commit-to-handler
+// latency p50/p99 at a light load: 3-6/12-14 ms at a 5 ms interval, 12/25 ms
+// at 20 ms, 27/54 ms at 50 ms and 52/102 ms at 100 ms, for an idle claim of
+// 0.3 to 0.6 ms round trip (at 50 ms, about 1% of a core per instance). 50
+// ms keeps the idle cost negligible with latency far below human scale; set
+// PollInterval lower for tighter latency. BenchmarkDrain: one consumer
+// empties a backlog at about 13,000 events/s with batches of 100, 22,000
+// with 500 (the default) and 24,000 with 2,000, far above the write rates
+// above, so the consumer keeps up.
 //
 // Commands:
 //
