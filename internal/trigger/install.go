@@ -215,8 +215,11 @@ type querier interface {
 // function and one capture trigger per table. It is idempotent and safe to
 // run from several instances at once (an advisory lock serializes them).
 // When everything is in place it only reads the catalog, so a role without
-// CREATE privileges can run it after an owner installed once. A missing
-// table is an *errs.Fatal wrapping errs.ErrTableNotFound.
+// CREATE privileges can run it after an owner installed once. Errors that
+// retrying cannot fix are *errs.Fatal: a missing table wraps
+// errs.ErrTableNotFound (naming the table and its route), a partitioned
+// table or a foreign trigger with pgcdc's name errs.ErrConfig, a refused
+// CREATE or CREATE TRIGGER errs.ErrPrivilege.
 func Install(ctx context.Context, pool *pgxpool.Pool, schema string, tables []dispatch.Table) error {
 	schema = schemaOrDefault(schema)
 	refs, err := lookupTables(ctx, pool, tables)
