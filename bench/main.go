@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -42,6 +43,8 @@ type config struct {
 	out          string
 	pgBin        string
 	only         string
+	waitLoad     float64
+	waitMax      time.Duration
 }
 
 type env struct {
@@ -76,6 +79,8 @@ func main() {
 	flag.StringVar(&c.out, "out", "results", "results directory")
 	flag.StringVar(&c.pgBin, "pgbin", "", "PostgreSQL bin directory (default: /usr/lib/postgresql/15/bin)")
 	flag.StringVar(&c.only, "only", "", "comma list of phases to run: p1,p2,p5,big (default all)")
+	flag.Float64Var(&c.waitLoad, "wait-load", 0, "before starting, wait until the 1-minute load average is below this (polls every 30 s; 0 = do not wait)")
+	flag.DurationVar(&c.waitMax, "wait-max", 20*time.Minute, "give up waiting for -wait-load after this long and run anyway")
 	flag.Parse()
 	if c.quick {
 		c.backlogTxns, c.sleepTarget, c.writeDur, c.latDur, c.quiet, c.candiBacklog = 200, 2000, 5, 5, 10*time.Second, 20
@@ -108,8 +113,67 @@ func (c config) want(phase string) bool {
 	return false
 }
 
+// waitForLoad polls the 1-minute load average until it is below c.waitLoad
+// or c.waitMax passed, and says what happened.
+func waitForLoad(ctx context.Context, c config) string {
+	if c.waitLoad <= 0 {
+		return ""
+	}
+	deadline := time.Now().Add(c.waitMax)
+	for {
+		l := load1()
+		if l < c.waitLoad {
+			return fmt.Sprintf("1-min load %.2f < %.2f when starting", l, c.waitLoad)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Sprintf("1-min load still %.2f ≥ %.2f after waiting %s: ran anyway", l, c.waitLoad, c.waitMax)
+		}
+		step("waiting for the 1-minute load average (%.2f) to drop below %.2f", l, c.waitLoad)
+		select {
+		case <-ctx.Done():
+			return "interrupted"
+		case <-time.After(30 * time.Second):
+		}
+	}
+}
+
+func load1() float64 {
+	var l float64
+	fmt.Sscanf(loadavg(), "%f", &l)
+	return l
+}
+
+// sampleLoad records the 1-minute load average every 5 s until ctx ends.
+func sampleLoad(ctx context.Context, out *[]float64, done chan<- struct{}) {
+	defer close(done)
+	for {
+		*out = append(*out, load1())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
 func run(ctx context.Context, c config) error {
+	waited := waitForLoad(ctx, c)
+	if waited != "" {
+		step("%s", waited)
+	}
 	began := time.Now()
+	var loads []float64
+	sctx, stopSampling := context.WithCancel(ctx)
+	sampled := make(chan struct{})
+	go sampleLoad(sctx, &loads, sampled)
+	summarizeLoad := func() string {
+		stopSampling()
+		<-sampled
+		if len(loads) == 0 {
+			return "?"
+		}
+		return fmt.Sprintf("min %.2f / median %.2f / max %.2f (%d samples)", slices.Min(loads), median(loads), slices.Max(loads), len(loads))
+	}
 	if err := os.MkdirAll(c.out, 0o755); err != nil {
 		return err
 	}
@@ -188,6 +252,8 @@ func run(ctx context.Context, c config) error {
 		}
 	}
 	e.res.machine.LoadEnd = loadavg()
+	e.res.machine.LoadDuring = summarizeLoad()
+	e.res.machine.LoadWait = waited
 	e.res.machine.Elapsed = time.Since(began).Round(time.Second).String()
 	return e.report()
 }
@@ -209,16 +275,18 @@ func loadavg() string {
 }
 
 type machine struct {
-	Cores     int
-	CPU       string
-	MemGiB    float64
-	PG        string
-	Go        string
-	Kernel    string
-	LoadStart string
-	LoadEnd   string
-	Elapsed   string
-	Mode      string
+	Cores      int
+	CPU        string
+	MemGiB     float64
+	PG         string
+	Go         string
+	Kernel     string
+	LoadStart  string
+	LoadEnd    string
+	LoadDuring string
+	LoadWait   string
+	Elapsed    string
+	Mode       string
 }
 
 func (m machine) oneLine() string {

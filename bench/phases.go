@@ -65,7 +65,7 @@ func (e *env) phaseDrain(ctx context.Context) error {
 		{key: "s16", label: "pgcdc drain, 1 ms handler, SetMaxGoroutines(16)", maxGor: 16, sleep: time.Millisecond},
 	}
 	for run := range c.runs {
-		step("P1 run %d/%d: backlog of %d changes (%d txns × 1000 rows)", run+1, c.runs, n, c.backlogTxns)
+		step("P1 run %d/%d: backlog of %d changes (%d txns × 1000 rows); load %s", run+1, c.runs, n, c.backlogTxns, loadavg())
 		if err := e.admin.dropSlots(ctx); err != nil {
 			return err
 		}
@@ -267,7 +267,6 @@ func (e *env) candiDrain(ctx context.Context) error {
 			e.res.add(key, "candi drain of a NOTIFY backlog, "+name+" (events/s)", "events/s", float64(n)/sec)
 			step("  %s drain run %d: %d events in %.2fs = %.0f events/s (NOTIFY queue usage %s)", name, run+1, n, sec, float64(n)/sec, usage)
 		}
-		e.res.ratio("p1.vs_candi", "P3 pgcdc drain ÷ candi tuned drain", "p1.g1", "p1.candi")
 	}
 	return nil
 }
@@ -288,7 +287,7 @@ func (e *env) phaseWrite(ctx context.Context) error {
 				order[len(configs)-1-i] = x
 			}
 		}
-		step("P2/P3 run %d/%d: pgbench -c 8 -j 2 -T %d, order %s", run+1, c.runs, c.writeDur, strings.Join(order, ", "))
+		step("P2/P3 run %d/%d: pgbench -c 8 -j 2 -T %d, order %s; load %s", run+1, c.runs, c.writeDur, strings.Join(order, ", "), loadavg())
 		for _, cfg := range order {
 			if err := e.writeOne(ctx, run, cfg); err != nil {
 				if cfg == "candi" {
@@ -460,6 +459,8 @@ func (e *env) phaseLatency(ctx context.Context) error {
 		}
 		if table == "t_lat" {
 			e.res.add(fmt.Sprintf("p5.%dk_tps", r/1000), fmt.Sprintf("P5 rate pgbench achieved with -R %d (TPS)", r), "TPS", pb.TPS)
+		} else {
+			e.res.add("p5.candi1k_tps", fmt.Sprintf("P5 candi: rate pgbench achieved with -R %d (TPS)", r), "TPS", pb.TPS)
 		}
 		after, err := e.admin.int(ctx, `SELECT count(*) FROM `+table)
 		if err != nil {

@@ -56,6 +56,20 @@ func (r *results) ratio(key, label, num, den string) {
 	r.add(key, label, "×", n.Vals[len(n.Vals)-1]/d.Vals[len(d.Vals)-1])
 }
 
+// pairRatio sets key to num[i]/den[i] for each run i both have (for
+// figures measured in different phases of the same run).
+func (r *results) pairRatio(key, label, num, den string) {
+	n, d := r.m[num], r.m[den]
+	if n == nil || d == nil {
+		return
+	}
+	delete(r.m, key)
+	r.order = slices.DeleteFunc(r.order, func(k string) bool { return k == key })
+	for i := range min(len(n.Vals), len(d.Vals)) {
+		r.add(key, label, "×", n.Vals[i]/d.Vals[i])
+	}
+}
+
 func median(v []float64) float64 {
 	if len(v) == 0 {
 		return math.NaN()
@@ -146,7 +160,7 @@ func (r *results) sections() []section {
 		{"Scaling (drain)", []string{"p1.g4", "p1.g16", "p1.ratio4", "p1.ratio16", "p1.s1", "p1.s4", "p1.s16"}},
 		{"P2 write overhead (pgbench, 8 clients, single-row INSERT)", []string{"p2.none", "p2.pgcdc", "p2.ratio_pgcdc", "p2.recv", "p2.ratio_recv", "p2.candi", "p2.ratio_candi"}},
 		{"P3 end to end with 8 single-row writers", []string{"p3.pgcdc_written", "p3.pgcdc_e2e", "p3.pgcdc_lost", "p3.pgcdc_dups", "p3.pgcdc_catchup", "p3.pgcdc_p99", "p3.candi_written", "p3.candi_e2e", "p3.candi_lost", "p3.candi_dups", "p3.candi_catchup", "p3.candi_p99", "p3.ratio", "p3.ratio_baseline"}},
-		{"P5 latency, commit (created_at) → handler", []string{"p5.1k_tps", "p5.1k_p50", "p5.1k_p95", "p5.1k_p99", "p5.1k_max", "p5.1k_cp50", "p5.1k_cp99", "p5.5k_tps", "p5.5k_p50", "p5.5k_p95", "p5.5k_p99", "p5.5k_max", "p5.5k_cp50", "p5.5k_cp99", "p5.quiet", "p5.candi1k_p50", "p5.candi1k_p95", "p5.candi1k_p99"}},
+		{"P5 latency, commit (created_at) → handler", []string{"p5.1k_tps", "p5.1k_p50", "p5.1k_p95", "p5.1k_p99", "p5.1k_max", "p5.1k_cp50", "p5.1k_cp99", "p5.5k_tps", "p5.5k_p50", "p5.5k_p95", "p5.5k_p99", "p5.5k_max", "p5.5k_cp50", "p5.5k_cp99", "p5.quiet", "p5.candi1k_tps", "p5.candi1k_p50", "p5.candi1k_p95", "p5.candi1k_p99"}},
 		{"P6 memory", []string{"p6.hwm", "p6.hwm16", "p6.big", "p6.big_rate"}},
 	}
 	// Anything not placed above goes last.
@@ -172,7 +186,10 @@ func (r *results) table() string {
 	var b strings.Builder
 	m := r.machine
 	fmt.Fprintf(&b, "Machine: %s\n\n", m.oneLine())
-	fmt.Fprintf(&b, "Mode: %s; load average (1/5/15 min) at start %s, at end %s; run took %s.\n\n", m.Mode, m.LoadStart, m.LoadEnd, m.Elapsed)
+	if m.LoadWait != "" {
+		fmt.Fprintf(&b, "Load wait: %s.\n\n", m.LoadWait)
+	}
+	fmt.Fprintf(&b, "Mode: %s; load average (1/5/15 min) at start %s, at end %s; 1-min load sampled every 5 s during the run: %s; run took %s.\n\n", m.Mode, m.LoadStart, m.LoadEnd, m.LoadDuring, m.Elapsed)
 	b.WriteString("| figure | median | spread (min – max) | runs | goal / reference (baseline.md = not this run) |\n|---|---:|---|---:|---|\n")
 	for _, s := range r.sections() {
 		var rows []string
@@ -202,6 +219,7 @@ func (r *results) table() string {
 
 func (e *env) report() error {
 	r := e.res
+	r.pairRatio("p1.vs_candi", "P3 pgcdc drain ÷ candi tuned drain (run i with run i)", "p1.g1", "p1.candi")
 	// Without a candi figure from this run, compare with baseline.md's,
 	// clearly labelled.
 	if r.m["p1.candi"] == nil && r.m["p1.g1"] != nil {
