@@ -214,8 +214,10 @@ type querier interface {
 // Install creates (or brings up to date) the schema, event table, trigger
 // function and one capture trigger per table. It is idempotent and safe to
 // run from several instances at once (an advisory lock serializes them).
-// When everything is in place it only reads the catalog, so a role without
-// CREATE privileges can run it after an owner installed once. Errors that
+// When everything is in place it only reads the catalog, so a consumer role
+// without CREATE privileges can run it after an owner installed once (such
+// a role needs USAGE on the schema and SELECT, UPDATE, DELETE on the event
+// table to consume). Errors that
 // retrying cannot fix are *errs.Fatal: a missing table wraps
 // errs.ErrTableNotFound (naming the table and its route), a partitioned
 // table or a foreign trigger with pgcdc's name errs.ErrConfig, a refused
@@ -257,13 +259,15 @@ func Install(ctx context.Context, pool *pgxpool.Pool, schema string, tables []di
 func installObjects(ctx context.Context, tx pgx.Tx, schema string) error {
 	var hasSchema, hasTable bool
 	var fnComment *string
+	// Catalog lookups only: they need no privilege on the schema.
 	err := tx.QueryRow(ctx, `SELECT
 			EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1),
-			to_regclass($2) IS NOT NULL,
+			EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+				WHERE n.nspname = $1 AND c.relname = $2),
 			(SELECT obj_description(p.oid, 'pg_proc') FROM pg_catalog.pg_proc p
 				JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 				WHERE n.nspname = $1 AND p.proname = $3 AND p.pronargs = 0)`,
-		schema, pgident.Qualified(schema, EventTable), Function).Scan(&hasSchema, &hasTable, &fnComment)
+		schema, EventTable, Function).Scan(&hasSchema, &hasTable, &fnComment)
 	if err != nil {
 		return fmt.Errorf("install: reading the catalog: %w", err)
 	}

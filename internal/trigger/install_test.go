@@ -275,3 +275,65 @@ func TestBacklogAndLag(t *testing.T) {
 		t.Errorf("Backlog of the other source = %d, %v; want 7", n, err)
 	}
 }
+
+// TestPrivileges: a writer with no privilege on the pgcdc schema is
+// captured (the function is SECURITY DEFINER) but cannot write events
+// itself; a consumer role without CREATE (granted use of the event table)
+// can run Install once everything is in place and consume, and gets a fatal
+// ErrPrivilege for a table it may not put a trigger on.
+func TestPrivileges(t *testing.T) {
+	if !pgtest.Shared(t).Owned() {
+		t.Skip("creates login roles without passwords: needs the throwaway cluster")
+	}
+	dsn := pgtest.NewDatabase(t)
+	suffix := strings.ToLower(strings.NewReplacer("/", "_").Replace(t.Name()))
+	writer, weak := "w_"+suffix, "weak_"+suffix
+	pgtest.Exec(t, dsn, `CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE later (id int PRIMARY KEY);
+		DROP ROLE IF EXISTS `+writer+`; DROP ROLE IF EXISTS `+weak+`;
+		CREATE ROLE `+writer+` LOGIN; CREATE ROLE `+weak+` LOGIN;
+		GRANT SELECT, INSERT, UPDATE, DELETE ON items TO `+writer+`;
+		REVOKE CREATE ON SCHEMA public FROM PUBLIC`)
+	t.Cleanup(func() {
+		pgtest.Exec(t, dsn, `DROP OWNED BY `+writer+`, `+weak+` CASCADE; DROP ROLE `+writer+`; DROP ROLE `+weak)
+	})
+	asRole := func(role string) string {
+		cfg, err := pgx.ParseConfig(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Replace(dsn, "://"+cfg.User+"@", "://"+role+"@", 1)
+	}
+	ctx := context.Background()
+	rec := newRecorder()
+	tables := []dispatch.Table{route("public", "items", 1, rec.handle)}
+	if err := Install(ctx, pool(t, dsn), "", tables); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, asRole(writer), `INSERT INTO items VALUES (1); UPDATE items SET id = 2; DELETE FROM items`)
+	conn := connect(t, dsn)
+	if n := queryInt(t, conn, `SELECT count(*) FROM pgcdc.events`); n != 3 {
+		t.Errorf("%d events from the unprivileged writer, want 3", n)
+	}
+	w, err := pgx.Connect(ctx, asRole(writer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(ctx)
+	if _, err := w.Exec(ctx, `INSERT INTO pgcdc.events (schema_name, table_name, action, row_key, xid) VALUES ('public', 'items', 'INSERT', 0, '1')`); err == nil {
+		t.Error("the writer could insert events directly")
+	}
+
+	// What an owner grants a separate consumer role.
+	pgtest.Exec(t, dsn, `GRANT USAGE ON SCHEMA pgcdc TO `+weak+`; GRANT SELECT, UPDATE, DELETE ON pgcdc.events TO `+weak)
+	weakPool := pool(t, asRole(weak))
+	if err := Install(ctx, weakPool, "", tables); err != nil {
+		t.Errorf("Install by a role without CREATE once installed: %v", err)
+	}
+	cfg := config(asRole(weak), tables...)
+	start(t, cfg)
+	rec.waitFor(t, 30*time.Second, "3 events consumed by the consumer role", atLeast(3))
+	err = Install(ctx, weakPool, "", append(tables, route("public", "later", 1, rec.handle)))
+	if !errs.IsFatal(err) || !errors.Is(err, errs.ErrPrivilege) {
+		t.Errorf("Install on a table the role does not own = %v, want a fatal ErrPrivilege", err)
+	}
+}
