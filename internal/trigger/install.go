@@ -224,6 +224,14 @@ type querier interface {
 // CREATE or CREATE TRIGGER errs.ErrPrivilege.
 func Install(ctx context.Context, pool *pgxpool.Pool, schema string, tables []dispatch.Table) error {
 	schema = schemaOrDefault(schema)
+	var version int
+	if err := pool.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		return fmt.Errorf("install: reading the server version: %w", err)
+	}
+	if version < 130000 {
+		return &errs.Fatal{Err: fmt.Errorf("%w: trigger capture needs PostgreSQL 13 or later (xid8, pg_current_xact_id); the server runs %d.%d",
+			errs.ErrConfig, version/10000, version%10000/100)}
+	}
 	refs, err := lookupTables(ctx, pool, tables)
 	if err != nil {
 		return err
