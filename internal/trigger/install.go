@@ -225,12 +225,13 @@ type querier interface {
 func Install(ctx context.Context, pool *pgxpool.Pool, schema string, tables []dispatch.Table) error {
 	schema = schemaOrDefault(schema)
 	var version int
-	if err := pool.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+	var versionText string
+	if err := pool.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, current_setting('server_version')`).Scan(&version, &versionText); err != nil {
 		return fmt.Errorf("install: reading the server version: %w", err)
 	}
 	if version < 130000 {
-		return &errs.Fatal{Err: fmt.Errorf("%w: trigger capture needs PostgreSQL 13 or later (xid8, pg_current_xact_id); the server runs %d.%d",
-			errs.ErrConfig, version/10000, version%10000/100)}
+		return &errs.Fatal{Err: fmt.Errorf("%w: trigger capture needs PostgreSQL 13 or later (xid8, pg_current_xact_id); the server runs %s",
+			errs.ErrConfig, versionText)}
 	}
 	refs, err := lookupTables(ctx, pool, tables)
 	if err != nil {
