@@ -233,8 +233,9 @@ func Install(ctx context.Context, pool *pgxpool.Pool, schema string, tables []di
 		return &errs.Fatal{Err: fmt.Errorf("%w: trigger capture needs PostgreSQL 13 or later (xid8, pg_current_xact_id); the server runs %s",
 			errs.ErrConfig, versionText)}
 	}
-	refs, err := lookupTables(ctx, pool, tables)
-	if err != nil {
+	// Check the tables before taking the lock, so a missing table is
+	// reported without waiting for other installers.
+	if _, err := lookupTables(ctx, pool, tables); err != nil {
 		return err
 	}
 	tx, err := pool.Begin(ctx)
@@ -249,7 +250,8 @@ func Install(ctx context.Context, pool *pgxpool.Pool, schema string, tables []di
 		return privilegeHint(err)
 	}
 	// Look the tables up again under the lock: a table may have changed.
-	if refs, err = lookupTables(ctx, tx, tables); err != nil {
+	refs, err := lookupTables(ctx, tx, tables)
+	if err != nil {
 		return err
 	}
 	for _, r := range refs {
