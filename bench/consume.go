@@ -28,6 +28,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,6 +50,7 @@ type Stats struct {
 	HWMKiB   int64   `json:"vmhwm_kib"`
 	RSSKiB   int64   `json:"vmrss_kib"`
 	NumGC    uint32  `json:"num_gc,omitempty"`
+	CPUSec   float64 `json:"cpu_s"` // user+system CPU of the consumer process so far
 	LatCount int     `json:"lat_count"`
 	LatP50   float64 `json:"lat_p50_ms"`
 	LatP95   float64 `json:"lat_p95_ms"`
@@ -205,6 +207,7 @@ func (c *counter) stats(typ string) Stats {
 		Other: c.other.Load(), FirstNs: c.first.Load(), LastNs: c.last.Load(), TargetNs: c.targetAt.Load(),
 		LatBadTS: c.badTS.Load()}
 	s.HWMKiB, s.RSSKiB = procMem("self")
+	s.CPUSec = selfCPU()
 	c.mu.Lock()
 	l := slices.Clone(c.lats)
 	cl := slices.Clone(c.clats)
@@ -218,6 +221,14 @@ func (c *counter) stats(typ string) Stats {
 		s.CLatCount, s.CLatP50, s.CLatP99 = len(cl), pct(cl, 0.50), pct(cl, 0.99)
 	}
 	return s
+}
+
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
 
 // procMem reads VmHWM and VmRSS (KiB) of /proc/<pid>/status.

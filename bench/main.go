@@ -38,6 +38,7 @@ type config struct {
 	candi        bool
 	candiBacklog int // candi drain backlog: txns × 1000 rows
 	candiLat     bool
+	recvLat      bool
 	bigTxn       int64 // rows in one transaction for the big-txn RSS figure (0 = skip)
 	profile      bool
 	out          string
@@ -74,6 +75,7 @@ func main() {
 	flag.IntVar(&c.runs, "runs", 0, "runs per figure (default 3, quick 1)")
 	flag.BoolVar(&c.candi, "candi", true, "measure candi v1.17.16 too")
 	flag.BoolVar(&c.candiLat, "candi-lat", true, "also measure candi's latency at 1k rows/s")
+	flag.BoolVar(&c.recvLat, "recv-lat", true, "also measure pg_recvlogical+test_decoding latency as a reference for P5")
 	flag.Int64Var(&c.bigTxn, "bigtxn", 0, "also measure pgcdc's peak RSS on one transaction of this many rows (e.g. 5000000); 0 = skip")
 	flag.BoolVar(&c.profile, "profile", true, "profile one extra pgcdc drain (pprof CPU + allocations)")
 	flag.StringVar(&c.out, "out", "results", "results directory")

@@ -1,13 +1,17 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -80,13 +84,14 @@ func (e *env) phaseDrain(ctx context.Context) error {
 		if err := e.admin.exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, recvSlot); err != nil {
 			return err
 		}
-		types := map[string]string{}
+		types, slots := map[string]string{}, map[string]string{}
 		for _, v := range vs {
 			wt := fmt.Sprintf("p1_%s_r%d", v.key, run)
-			if _, err := e.setupPgcdc(wt, "t_drain"); err != nil {
+			slot, err := e.setupPgcdc(wt, "t_drain")
+			if err != nil {
 				return err
 			}
-			types[v.key] = wt
+			types[v.key], slots[v.key] = wt, slot
 		}
 		if err := e.admin.exec(ctx, `CHECKPOINT`); err != nil {
 			return err
@@ -108,17 +113,24 @@ func (e *env) phaseDrain(ctx context.Context) error {
 		}
 
 		recv := func() error {
+			ws := e.watchWalsender(recvSlot)
 			t0 := time.Now()
 			cmd, err := startRecvlogical(e, recvSlot, "bench_pub_drain", "-E", endLSN, "--no-loop", "-s", "1")
 			if err != nil {
+				ws.stop()
 				return err
 			}
 			if err := cmd.Wait(); err != nil {
+				ws.stop()
 				return fmt.Errorf("pg_recvlogical drain: %w", err)
 			}
 			sec := time.Since(t0).Seconds()
+			wsCPU := ws.stop()
+			cpu := (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
 			e.res.add("p1.recv", "pg_recvlogical drain (changes/s)", "changes/s", float64(n)/sec)
-			step("  pg_recvlogical: %.2fs = %.0f changes/s", sec, float64(n)/sec)
+			e.res.add("p1.recv_cpu", "CPU per change, pg_recvlogical process (µs)", "µs", cpu/float64(n)*1e6)
+			e.res.add("p1.recv_ws", "CPU per change, the walsender serving pg_recvlogical (µs)", "µs", wsCPU/float64(n)*1e6)
+			step("  pg_recvlogical: %.2fs = %.0f changes/s; CPU %.2fs, walsender CPU %.2fs", sec, float64(n)/sec, cpu, wsCPU)
 			return nil
 		}
 		pg := func(v drainVariant) error {
@@ -134,12 +146,15 @@ func (e *env) phaseDrain(ctx context.Context) error {
 			if v.profile {
 				args = append(args, "-cpuprofile", filepath.Join(c.out, "cpu.pprof"), "-memprofile", filepath.Join(c.out, "allocs.pprof"))
 			}
+			ws := e.watchWalsender(slots[v.key])
 			cons, err := startConsumer(e.clog, args...)
 			if err != nil {
+				ws.stop()
 				return err
 			}
 			timeout := time.Duration(target/500+120) * time.Second // ≥ 500 events/s or give up
 			ts, err := cons.next("target", timeout)
+			wsCPU := ws.stop()
 			if err != nil {
 				st, _ := e.admin.str(ctx, `SELECT coalesce(string_agg(slot_name || ' confirmed ' || confirmed_flush_lsn::text || ' active ' || active::text, '; '), '') FROM pg_replication_slots`)
 				cons.kill()
@@ -157,6 +172,8 @@ func (e *env) phaseDrain(ctx context.Context) error {
 				e.res.add("p1."+v.key, v.label+" (events/s)", "events/s", rate)
 			}
 			if v.key == "g1" {
+				e.res.add("p1.g1_cpu", "CPU per event, pgcdc consumer process (µs)", "µs", ts.CPUSec/float64(target)*1e6)
+				e.res.add("p1.g1_ws", "CPU per event, the walsender serving pgcdc (µs)", "µs", wsCPU/float64(target)*1e6)
 				e.res.add("p6.hwm", "P6 peak RSS (VmHWM) of the pgcdc process draining the backlog (MiB)", "MiB", float64(ts.HWMKiB)/1024)
 				e.res.add("p1.delivered", "pgcdc drain: distinct rows delivered (of the backlog)", "rows", float64(ts.Distinct))
 				e.res.add("p1.dups", "pgcdc drain: duplicate deliveries", "events", float64(ts.Dups))
@@ -173,8 +190,8 @@ func (e *env) phaseDrain(ctx context.Context) error {
 				extra = fmt.Sprintf(" (stop: %v %s)", ferr, fin.Err)
 				e.res.note(fmt.Sprintf("P1 run %d %s: consumer shutdown problem: %v %s", run+1, v.key, ferr, fin.Err))
 			}
-			step("  pgcdc %-4s: %d events in %.2fs = %.0f events/s, first event after %.0f ms, dups %d, VmHWM %.1f MiB%s",
-				v.key, target, sec, rate, float64(ts.FirstNs-cons.started.UnixNano())/1e6, ts.Dups, float64(ts.HWMKiB)/1024, extra)
+			step("  pgcdc %-4s: %d events in %.2fs = %.0f events/s, first event after %.0f ms, dups %d, VmHWM %.1f MiB, CPU %.2fs, walsender CPU %.2fs%s",
+				v.key, target, sec, rate, float64(ts.FirstNs-cons.started.UnixNano())/1e6, ts.Dups, float64(ts.HWMKiB)/1024, ts.CPUSec, wsCPU, extra)
 			return nil
 		}
 		var order []func() error
@@ -342,11 +359,27 @@ func (e *env) writeOne(ctx context.Context, run int, cfg string) error {
 	if err != nil {
 		return err
 	}
+	var ws *cpuWatch
 	if cons != nil {
-		if _, err := cons.next("ready", 2*time.Minute); err != nil {
+		r, err := cons.next("ready", 2*time.Minute)
+		if err != nil {
 			cons.kill()
 			return err
 		}
+		if r.Slot != "" {
+			ws = e.watchWalsender(r.Slot)
+		}
+	} else if recv != nil {
+		ws = e.watchWalsender("bench_recv_live")
+	}
+	var cpu0 float64
+	if cons != nil {
+		s0, err := cons.stats()
+		if err != nil {
+			cons.kill()
+			return err
+		}
+		cpu0 = s0.CPUSec
 	}
 	t0 := time.Now()
 	pb, err := runPgbench(ctx, e, e.script(table), "-c", "8", "-j", "2", "-T", strconv.Itoa(c.writeDur))
@@ -384,8 +417,13 @@ func (e *env) writeOne(ctx context.Context, run int, cfg string) error {
 			time.Sleep(50 * time.Millisecond)
 		}
 		line += fmt.Sprintf(", slot confirmed the end LSN %.2fs after pgbench ended (status interval 1 s)", time.Since(t1).Seconds())
+		wsCPU := ws.stop()
 		_ = recv.Process.Signal(os.Interrupt)
 		_ = recv.Wait()
+		cpu := (recv.ProcessState.UserTime() + recv.ProcessState.SystemTime()).Seconds()
+		e.res.add("p2.recv_cpu", "P2 CPU per row, pg_recvlogical process (µs)", "µs", cpu/float64(written)*1e6)
+		e.res.add("p2.recv_ws", "P2 CPU per row, its walsender (µs)", "µs", wsCPU/float64(written)*1e6)
+		line += fmt.Sprintf("; CPU %.2fs, walsender %.2fs", cpu, wsCPU)
 	}
 	if cons != nil {
 		// Wait until every written row was delivered (or no progress for 15 s).
@@ -408,6 +446,10 @@ func (e *env) writeOne(ctx context.Context, run int, cfg string) error {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+		var wsCPU float64
+		if ws != nil {
+			wsCPU = ws.stop()
+		}
 		fin, ferr := cons.stop()
 		if ferr == nil && fin.Err != "" {
 			e.res.note(fmt.Sprintf("P2 %s run %d: consumer reported: %s", cfg, run+1, fin.Err))
@@ -420,6 +462,14 @@ func (e *env) writeOne(ctx context.Context, run int, cfg string) error {
 		e.res.add("p3."+cfg+"_dups", "P3 "+cfg+": duplicate deliveries", "events", float64(s.Dups))
 		e.res.add("p3."+cfg+"_catchup", "P3 "+cfg+": last delivery − pgbench exit (ms; < 0: before pgbench exited)", "ms", float64(s.LastNs-t1.UnixNano())/1e6)
 		e.res.add("p3."+cfg+"_p99", "P3 "+cfg+": commit→handler p99 under that saturating load (ms)", "ms", s.LatP99)
+		e.res.add("p2."+cfg+"_cpu", "P2 CPU per row, "+cfg+" consumer process (µs)", "µs", (s.CPUSec-cpu0)/float64(written)*1e6)
+		if ws != nil {
+			e.res.add("p2."+cfg+"_ws", "P2 CPU per row, its walsender (µs)", "µs", wsCPU/float64(written)*1e6)
+		}
+		line += fmt.Sprintf(", CPU %.2fs", s.CPUSec-cpu0)
+		if ws != nil {
+			line += fmt.Sprintf(", walsender %.2fs", wsCPU)
+		}
 		line += fmt.Sprintf(", delivered %d distinct (%d lost, %d dups) = %.0f rows/s e2e, last delivery +%.0f ms after pgbench, latency p50/p99 %.1f/%.1f ms",
 			s.Distinct, lost, s.Dups, e2e, float64(s.LastNs-t1.UnixNano())/1e6, s.LatP50, s.LatP99)
 	}
@@ -535,6 +585,29 @@ func (e *env) phaseLatency(ctx context.Context) error {
 	if _, err := cons.stop(); err != nil {
 		return err
 	}
+	if err := e.admin.dropSlots(ctx); err != nil {
+		return err
+	}
+	// Reference: the same load read by pg_recvlogical with test_decoding,
+	// its text output parsed here: server → client latency with no pgcdc.
+	if c.recvLat {
+		for run := range c.runs {
+			for _, r := range []int{1000, 5000} {
+				l, err := e.recvLatency(ctx, r)
+				if err != nil {
+					e.res.note(fmt.Sprintf("pg_recvlogical latency reference at %d rows/s: %v", r, err))
+					step("  pg_recvlogical latency reference failed: %v", err)
+					continue
+				}
+				k := fmt.Sprintf("p5.recv%dk", r/1000)
+				lbl := fmt.Sprintf("P5 reference: pg_recvlogical + test_decoding at %dk rows/s, created_at → line read", r/1000)
+				e.res.add(k+"_p50", lbl+", p50 (ms)", "ms", l.LatP50)
+				e.res.add(k+"_p99", lbl+", p99 (ms)", "ms", l.LatP99)
+				step("P5 reference run %d/%d: pg_recvlogical+test_decoding at %d rows/s: %d rows, p50/p95/p99/max %.2f/%.2f/%.2f/%.2f ms",
+					run+1, c.runs, r, l.LatCount, l.LatP50, l.LatP95, l.LatP99, l.LatMax)
+			}
+		}
+	}
 	if c.candi && c.candiLat {
 		if err := e.admin.exec(ctx, `TRUNCATE t_candi RESTART IDENTITY`); err != nil {
 			return err
@@ -599,4 +672,91 @@ func (e *env) phaseBigTxn(ctx context.Context) error {
 	e.res.add("p6.big_rate", fmt.Sprintf("drain of one %d-row transaction (events/s)", c.bigTxn), "events/s", float64(c.bigTxn)/sec)
 	step("  pgcdc drained %d events in %.1fs, VmHWM %.1f MiB, dups %d", c.bigTxn, sec, float64(ts.HWMKiB)/1024, ts.Dups)
 	return e.admin.dropSlots(ctx)
+}
+
+// recvLatency runs pgbench -R r on t_lat while pg_recvlogical streams a
+// fresh test_decoding slot to a pipe read here; latency = time the line is
+// read − the row's created_at.
+func (e *env) recvLatency(ctx context.Context, r int) (Stats, error) {
+	c := e.cfg
+	const slot = "bench_td"
+	if err := e.admin.exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'test_decoding')`, slot); err != nil {
+		return Stats{}, err
+	}
+	defer e.admin.dropSlots(ctx)
+	args := []string{"-d", e.dsn, "--slot", slot, "--start", "-f", "-", "-F", "0", "-s", "1",
+		"-o", "include-xids=0", "-o", "skip-empty-xacts=1"}
+	cmd := exec.Command(e.cl.Bin("pg_recvlogical"), args...)
+	cmd.Stderr = e.log
+	pipe, err := cmd.StdoutPipe()
+	if err != nil {
+		return Stats{}, err
+	}
+	if err := cmd.Start(); err != nil {
+		return Stats{}, err
+	}
+	var lats []int64
+	var mu sync.Mutex
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		br := bufio.NewReaderSize(pipe, 1<<16)
+		key := []byte("created_at[timestamp with time zone]:'")
+		for {
+			line, err := br.ReadSlice('\n')
+			now := time.Now()
+			if i := bytes.Index(line, key); i >= 0 && bytes.Contains(line, []byte("table public.t_lat: INSERT")) {
+				rest := line[i+len(key):]
+				if j := bytes.IndexByte(rest, '\''); j > 0 {
+					if t, perr := time.Parse("2006-01-02 15:04:05.999999-07", string(rest[:j])); perr == nil {
+						mu.Lock()
+						lats = append(lats, now.Sub(t).Nanoseconds())
+						mu.Unlock()
+					}
+				}
+			}
+			if err != nil && err != bufio.ErrBufferFull {
+				return
+			}
+		}
+	}()
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		<-readDone
+	}
+	if err := e.admin.waitSlotActive(ctx, slot, time.Minute); err != nil {
+		stop()
+		return Stats{}, err
+	}
+	before, _ := e.admin.int(ctx, `SELECT count(*) FROM t_lat`)
+	if _, err := runPgbench(ctx, e, e.script("t_lat"), "-c", "8", "-j", "2", "-T", strconv.Itoa(c.latDur), "-R", strconv.Itoa(r)); err != nil {
+		stop()
+		return Stats{}, err
+	}
+	after, _ := e.admin.int(ctx, `SELECT count(*) FROM t_lat`)
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		mu.Lock()
+		got := int64(len(lats))
+		mu.Unlock()
+		if got >= after-before {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	mu.Lock()
+	l := slices.Clone(lats)
+	mu.Unlock()
+	var st Stats
+	if len(l) == 0 {
+		return st, fmt.Errorf("no rows parsed from pg_recvlogical's output")
+	}
+	slices.Sort(l)
+	st.LatCount, st.LatP50, st.LatP95, st.LatP99, st.LatMax = len(l), pct(l, 0.50), pct(l, 0.95), pct(l, 0.99), float64(l[len(l)-1])/1e6
+	if int64(len(l)) < after-before {
+		e.res.note(fmt.Sprintf("pg_recvlogical latency reference at %d rows/s: %d of %d rows seen", r, len(l), after-before))
+	}
+	return st, nil
 }

@@ -96,6 +96,8 @@ func fmtNum(v float64, unit string) string {
 			return fmt.Sprintf("%.0f", v)
 		}
 		return fmt.Sprintf("%.2f", v)
+	case "µs":
+		return fmt.Sprintf("%.1f", v)
 	case "MiB":
 		return fmt.Sprintf("%.1f", v)
 	}
@@ -156,11 +158,11 @@ type section struct {
 
 func (r *results) sections() []section {
 	secs := []section{
-		{"P1 drain of a backlog (no writes competing)", []string{"p1.recv", "p1.g1", "p1.ratio", "p1.delivered", "p1.dups", "p1.firstevent", "p1.candi", "p1.candi_def", "p1.vs_candi", "p1.vs_candi_baseline", "p1.load"}},
+		{"P1 drain of a backlog (no writes competing)", []string{"p1.recv", "p1.g1", "p1.ratio", "p1.delivered", "p1.dups", "p1.firstevent", "p1.recv_cpu", "p1.recv_ws", "p1.g1_cpu", "p1.g1_ws", "p1.candi", "p1.candi_def", "p1.vs_candi", "p1.vs_candi_baseline", "p1.load"}},
 		{"Scaling (drain)", []string{"p1.g4", "p1.g16", "p1.ratio4", "p1.ratio16", "p1.s1", "p1.s4", "p1.s16"}},
-		{"P2 write overhead (pgbench, 8 clients, single-row INSERT)", []string{"p2.none", "p2.pgcdc", "p2.ratio_pgcdc", "p2.recv", "p2.ratio_recv", "p2.candi", "p2.ratio_candi"}},
+		{"P2 write overhead (pgbench, 8 clients, single-row INSERT)", []string{"p2.none", "p2.pgcdc", "p2.ratio_pgcdc", "p2.recv", "p2.ratio_recv", "p2.candi", "p2.ratio_candi", "p2.pgcdc_cpu", "p2.pgcdc_ws", "p2.recv_cpu", "p2.recv_ws", "p2.candi_cpu"}},
 		{"P3 end to end with 8 single-row writers", []string{"p3.pgcdc_written", "p3.pgcdc_e2e", "p3.pgcdc_lost", "p3.pgcdc_dups", "p3.pgcdc_catchup", "p3.pgcdc_p99", "p3.candi_written", "p3.candi_e2e", "p3.candi_lost", "p3.candi_dups", "p3.candi_catchup", "p3.candi_p99", "p3.ratio", "p3.ratio_baseline"}},
-		{"P5 latency, commit (created_at) → handler", []string{"p5.1k_tps", "p5.1k_p50", "p5.1k_p95", "p5.1k_p99", "p5.1k_max", "p5.1k_cp50", "p5.1k_cp99", "p5.5k_tps", "p5.5k_p50", "p5.5k_p95", "p5.5k_p99", "p5.5k_max", "p5.5k_cp50", "p5.5k_cp99", "p5.quiet", "p5.candi1k_tps", "p5.candi1k_p50", "p5.candi1k_p95", "p5.candi1k_p99"}},
+		{"P5 latency, commit (created_at) → handler", []string{"p5.1k_tps", "p5.1k_p50", "p5.1k_p95", "p5.1k_p99", "p5.1k_max", "p5.1k_cp50", "p5.1k_cp99", "p5.5k_tps", "p5.5k_p50", "p5.5k_p95", "p5.5k_p99", "p5.5k_max", "p5.5k_cp50", "p5.5k_cp99", "p5.quiet", "p5.recv1k_p50", "p5.recv1k_p99", "p5.recv5k_p50", "p5.recv5k_p99", "p5.candi1k_tps", "p5.candi1k_p50", "p5.candi1k_p95", "p5.candi1k_p99"}},
 		{"P6 memory", []string{"p6.hwm", "p6.hwm16", "p6.big", "p6.big_rate"}},
 	}
 	// Anything not placed above goes last.
