@@ -213,6 +213,7 @@ func run(ctx context.Context, c config) error {
 	go func() { <-ctx.Done(); cl.Close() }()
 
 	e := &env{cfg: c, cl: cl, dbname: "bench", log: logf, clog: clog, res: newResults(), dir: c.out}
+	e.profileExe, _ = os.Executable() // consumers are this binary: pprof symbolizes with it
 	admin0, err := openDB(ctx, cl.DSN("postgres"))
 	if err != nil {
 		return err

@@ -167,7 +167,6 @@ func (e *env) phaseDrain(ctx context.Context) error {
 			switch v.key {
 			case "prof":
 				e.res.note(fmt.Sprintf("Profiled drain (not in the medians): %.0f events/s; profile in results/cpu.pprof.", rate))
-				e.profileExe, _ = os.Executable()
 			default:
 				e.res.add("p1."+v.key, v.label+" (events/s)", "events/s", rate)
 			}
@@ -320,11 +319,26 @@ func (e *env) phaseWrite(ctx context.Context) error {
 		e.res.ratio("p2.ratio_candi", "P2 candi live TPS ÷ no capture", "p2.candi", "p2.none")
 		e.res.ratio("p3.ratio", "P3 pgcdc delivered rows/s ÷ candi delivered rows/s (8 writers)", "p3.pgcdc_e2e", "p3.candi_e2e")
 	}
+	if c.profile {
+		step("P2 extra run: pgcdc live under pprof (not in the medians)")
+		if err := e.writeOne(ctx, -1, "pgcdc"); err != nil {
+			return err
+		}
+		e.res.note("Profiled live run (not in the medians): see the live CPU profile below (results/live_cpu.pprof).")
+	}
 	return e.admin.dropSlots(ctx)
 }
 
+// writeOne measures one configuration; run < 0 is the extra profiled pgcdc
+// run, whose figures are not recorded.
 func (e *env) writeOne(ctx context.Context, run int, cfg string) error {
 	c := e.cfg
+	add := e.res.add
+	var profArgs []string
+	if run < 0 {
+		add = func(string, string, string, float64) {}
+		profArgs = []string{"-cpuprofile", filepath.Join(c.out, "live_cpu.pprof"), "-memprofile", filepath.Join(c.out, "live_allocs.pprof")}
+	}
 	table := "t_write"
 	if cfg == "candi" {
 		table = "t_candi"
@@ -343,7 +357,7 @@ func (e *env) writeOne(ctx context.Context, run int, cfg string) error {
 	var err error
 	switch cfg {
 	case "pgcdc":
-		cons, err = startConsumer(e.clog, e.consumerArgs("pgcdc", table, "-worker-type", fmt.Sprintf("p2_r%d", run), "-lat")...)
+		cons, err = startConsumer(e.clog, append(e.consumerArgs("pgcdc", table, "-worker-type", fmt.Sprintf("p2_r%d", run+1), "-lat"), profArgs...)...)
 	case "candi":
 		cons, err = startConsumer(e.clog, e.consumerArgs("candi", table, "-lat")...) // candi defaults
 	case "recv":
@@ -398,7 +412,7 @@ func (e *env) writeOne(ctx context.Context, run int, cfg string) error {
 	if err != nil {
 		return err
 	}
-	e.res.add("p2."+cfg, map[string]string{
+	add("p2."+cfg, map[string]string{
 		"none":  "P2 write TPS, no capture (8 clients)",
 		"pgcdc": "P2 write TPS, pgcdc streaming live",
 		"recv":  "P2 write TPS, pg_recvlogical streaming live",
@@ -421,8 +435,8 @@ func (e *env) writeOne(ctx context.Context, run int, cfg string) error {
 		_ = recv.Process.Signal(os.Interrupt)
 		_ = recv.Wait()
 		cpu := (recv.ProcessState.UserTime() + recv.ProcessState.SystemTime()).Seconds()
-		e.res.add("p2.recv_cpu", "P2 CPU per row, pg_recvlogical process (µs)", "µs", cpu/float64(written)*1e6)
-		e.res.add("p2.recv_ws", "P2 CPU per row, its walsender (µs)", "µs", wsCPU/float64(written)*1e6)
+		add("p2.recv_cpu", "P2 CPU per row, pg_recvlogical process (µs)", "µs", cpu/float64(written)*1e6)
+		add("p2.recv_ws", "P2 CPU per row, its walsender (µs)", "µs", wsCPU/float64(written)*1e6)
 		line += fmt.Sprintf("; CPU %.2fs, walsender %.2fs", cpu, wsCPU)
 	}
 	if cons != nil {
@@ -456,15 +470,15 @@ func (e *env) writeOne(ctx context.Context, run int, cfg string) error {
 		}
 		e2e := float64(s.Distinct) / (float64(s.LastNs-t0.UnixNano()) / 1e9)
 		lost := written - s.Distinct
-		e.res.add("p3."+cfg+"_written", "P3 "+cfg+": rows/s written (8 single-row writers)", "rows/s", float64(written)/t1.Sub(t0).Seconds())
-		e.res.add("p3."+cfg+"_e2e", "P3 "+cfg+": rows/s delivered end to end (distinct rows ÷ pgbench start → last delivery)", "rows/s", e2e)
-		e.res.add("p3."+cfg+"_lost", "P3 "+cfg+": rows written but never delivered", "rows", float64(lost))
-		e.res.add("p3."+cfg+"_dups", "P3 "+cfg+": duplicate deliveries", "events", float64(s.Dups))
-		e.res.add("p3."+cfg+"_catchup", "P3 "+cfg+": last delivery − pgbench exit (ms; < 0: before pgbench exited)", "ms", float64(s.LastNs-t1.UnixNano())/1e6)
-		e.res.add("p3."+cfg+"_p99", "P3 "+cfg+": commit→handler p99 under that saturating load (ms)", "ms", s.LatP99)
-		e.res.add("p2."+cfg+"_cpu", "P2 CPU per row, "+cfg+" consumer process (µs)", "µs", (s.CPUSec-cpu0)/float64(written)*1e6)
+		add("p3."+cfg+"_written", "P3 "+cfg+": rows/s written (8 single-row writers)", "rows/s", float64(written)/t1.Sub(t0).Seconds())
+		add("p3."+cfg+"_e2e", "P3 "+cfg+": rows/s delivered end to end (distinct rows ÷ pgbench start → last delivery)", "rows/s", e2e)
+		add("p3."+cfg+"_lost", "P3 "+cfg+": rows written but never delivered", "rows", float64(lost))
+		add("p3."+cfg+"_dups", "P3 "+cfg+": duplicate deliveries", "events", float64(s.Dups))
+		add("p3."+cfg+"_catchup", "P3 "+cfg+": last delivery − pgbench exit (ms; < 0: before pgbench exited)", "ms", float64(s.LastNs-t1.UnixNano())/1e6)
+		add("p3."+cfg+"_p99", "P3 "+cfg+": commit→handler p99 under that saturating load (ms)", "ms", s.LatP99)
+		add("p2."+cfg+"_cpu", "P2 CPU per row, "+cfg+" consumer process (µs)", "µs", (s.CPUSec-cpu0)/float64(written)*1e6)
 		if ws != nil {
-			e.res.add("p2."+cfg+"_ws", "P2 CPU per row, its walsender (µs)", "µs", wsCPU/float64(written)*1e6)
+			add("p2."+cfg+"_ws", "P2 CPU per row, its walsender (µs)", "µs", wsCPU/float64(written)*1e6)
 		}
 		line += fmt.Sprintf(", CPU %.2fs", s.CPUSec-cpu0)
 		if ws != nil {

@@ -267,9 +267,21 @@ func (r *results) list() []*metric {
 	return out
 }
 
-// profileTop runs `go tool pprof -top` on the profiled drain.
+// profileTop runs `go tool pprof -top` on the profiled drain and live run.
 func (e *env) profileTop() string {
-	p := filepath.Join(e.cfg.out, "cpu.pprof")
+	var b strings.Builder
+	for _, p := range []struct{ title, cpu, allocs string }{
+		{"one pgcdc drain of the backlog (no-op handler)", "cpu.pprof", "allocs.pprof"},
+		{"pgcdc streaming live under pgbench -c 8 (P2 load)", "live_cpu.pprof", "live_allocs.pprof"},
+	} {
+		b.WriteString(e.profileOne(p.title, p.cpu, p.allocs))
+	}
+	_ = os.WriteFile(filepath.Join(e.cfg.out, "cpu_top.txt"), []byte(b.String()), 0o644)
+	return b.String()
+}
+
+func (e *env) profileOne(title, cpuFile, allocFile string) string {
+	p := filepath.Join(e.cfg.out, cpuFile)
 	if e.profileExe == "" {
 		return ""
 	}
@@ -277,7 +289,7 @@ func (e *env) profileTop() string {
 		return ""
 	}
 	var b strings.Builder
-	b.WriteString("## CPU profile of one pgcdc drain (consumer process)\n\n")
+	fmt.Fprintf(&b, "## CPU profile of %s (consumer process, results/%s)\n\n", title, cpuFile)
 	for _, v := range []struct{ title, flag string }{{"by cumulative time", "-cum"}, {"by flat time", ""}} {
 		args := []string{"tool", "pprof", "-top", "-nodecount=15"}
 		if v.flag != "" {
@@ -291,14 +303,13 @@ func (e *env) profileTop() string {
 		}
 		fmt.Fprintf(&b, "Top 15 %s:\n\n```\n%s```\n\n", v.title, trimPprof(string(out)))
 	}
-	ap := filepath.Join(e.cfg.out, "allocs.pprof")
+	ap := filepath.Join(e.cfg.out, allocFile)
 	if _, err := os.Stat(ap); err == nil {
 		out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=15", "-sample_index=alloc_space", e.profileExe, ap).CombinedOutput()
 		if err == nil {
 			fmt.Fprintf(&b, "Top 15 allocations (alloc_space, whole process life):\n\n```\n%s```\n\n", trimPprof(string(out)))
 		}
 	}
-	_ = os.WriteFile(filepath.Join(e.cfg.out, "cpu_top.txt"), []byte(b.String()), 0o644)
 	return b.String()
 }
 
