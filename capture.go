@@ -194,21 +194,10 @@ func dropLogical(ctx context.Context, cfg logical.Config) error {
 	}
 	defer conn.Close(context.Background())
 	sql := `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-		WHERE slot_name = ` + quoteLiteral(cfg.Slot) + ` AND database = current_database();
+		WHERE slot_name = ` + pgident.Literal(cfg.Slot) + ` AND database = current_database();
 		DROP PUBLICATION IF EXISTS ` + pgident.Quote(cfg.Publication)
 	_, err = conn.Exec(ctx, sql).ReadAll()
 	return err
-}
-
-func quoteLiteral(s string) string {
-	out := []byte{'\''}
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\'' {
-			out = append(out, '\'')
-		}
-		out = append(out, s[i])
-	}
-	return string(append(out, '\''))
 }
 
 // Backlog returns how many captured changes of a source wait in the trigger

@@ -22,28 +22,7 @@ import (
 // reached a consistent point, so later commits are captured) and is read.
 func waitStreaming(t *testing.T, dsn, slot string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	for {
-		var active bool
-		err := conn.QueryRow(ctx, `SELECT active AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			t.Fatal(err)
-		}
-		if active {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("slot %s never became active", slot)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	waitQuery(t, dsn, `SELECT coalesce((SELECT active AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1), false)`, slot)
 }
 
 const defaultSlot = "pgcdc_postgres_listener_default"

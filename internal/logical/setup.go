@@ -209,7 +209,7 @@ func (s *Source) ensureSlot(ctx context.Context, pool *pgxpool.Pool, conn *pgcon
 	// Remember on the publication that the slot existed, so a slot dropped
 	// while no pgcdc ran is noticed instead of silently re-created.
 	comment := fmt.Sprintf("pgcdc: slot %s created at %s", s.cfg.Slot, res.ConsistentPoint)
-	if _, err := pool.Exec(ctx, "COMMENT ON PUBLICATION "+pgident.Quote(s.cfg.Publication)+" IS "+quoteLiteral(comment)); err != nil {
+	if _, err := pool.Exec(ctx, "COMMENT ON PUBLICATION "+pgident.Quote(s.cfg.Publication)+" IS "+pgident.Literal(comment)); err != nil {
 		s.cfg.Logger.Warn("pgcdc: cannot record the slot on the publication; a slot dropped while pgcdc is down will not be detected", "source", s.cfg.Name, "error", err)
 	}
 	s.cfg.Logger.Info("pgcdc: created replication slot", "source", s.cfg.Name, "slot", s.cfg.Slot, "consistent_point", res.ConsistentPoint)

@@ -20,6 +20,7 @@ import (
 	"github.com/pgcdc/pgcdc/internal/checkpoint"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/errs"
+	"github.com/pgcdc/pgcdc/internal/pgident"
 	"github.com/pgcdc/pgcdc/internal/rowjson"
 )
 
@@ -265,11 +266,11 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 	}
 	s.tracker = checkpoint.New(uint64(start))
 
-	args := []string{"proto_version '1'", "publication_names " + quoteLiteral(s.cfg.Publication)}
+	args := []string{"proto_version '1'", "publication_names " + pgident.Literal(s.cfg.Publication)}
 	if !s.cfg.NoStreaming && serverMajor(conn) >= 14 {
 		// Large transactions arrive while in progress and wait in pgcdc's
 		// buffer, not in the server's spill files.
-		args = []string{"proto_version '2'", "streaming 'on'", "publication_names " + quoteLiteral(s.cfg.Publication)}
+		args = []string{"proto_version '2'", "streaming 'on'", "publication_names " + pgident.Literal(s.cfg.Publication)}
 	}
 	err = pglogrepl.StartReplication(readCtx, conn, s.cfg.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
@@ -349,17 +350,6 @@ func (s *Source) finish(ctx, readCtx context.Context, conn *pgconn.PgConn, cause
 		return nil
 	}
 	return cause
-}
-
-func quoteLiteral(s string) string {
-	out := []byte{'\''}
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\'' {
-			out = append(out, '\'')
-		}
-		out = append(out, s[i])
-	}
-	return string(append(out, '\''))
 }
 
 // classifyConnect turns errors that reconnecting cannot fix (the server

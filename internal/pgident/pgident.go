@@ -47,3 +47,8 @@ func SlotName(parts ...string) string {
 	h := hex.EncodeToString(sum[:4])
 	return s[:MaxLen-len(h)-1] + "_" + h
 }
+
+// Literal returns s as a quoted SQL string literal ('it”s').
+func Literal(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
