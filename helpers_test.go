@@ -3,7 +3,6 @@ package pgcdc_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -163,28 +162,7 @@ func queryStrings(t *testing.T, dsn, sql string, args ...any) []string {
 // waitSlotConfirmed waits until the slot's confirmed_flush_lsn reaches lsn.
 func waitSlotConfirmed(t *testing.T, dsn, slot, lsn string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	for {
-		var ok bool
-		err := conn.QueryRow(ctx, `SELECT coalesce(confirmed_flush_lsn >= $2::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = $1`, slot, lsn).Scan(&ok)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			t.Fatal(err)
-		}
-		if ok {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("slot %s never confirmed %s", slot, lsn)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	waitQuery(t, dsn, `SELECT coalesce((SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1), false)`, slot, lsn)
 }
 
 func newWorker(t *testing.T, opts ...pgcdc.OptionFunc) *pgcdc.Worker {
