@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgcdc/pgcdc/internal/backoff"
 	"github.com/pgcdc/pgcdc/internal/errs"
 	"github.com/pgcdc/pgcdc/internal/logical"
 	"github.com/pgcdc/pgcdc/internal/pgident"
@@ -87,7 +88,7 @@ func (a *autoEngine) LagBytes() int64 {
 }
 
 func (a *autoEngine) Run(ctx context.Context, stop <-chan struct{}) error {
-	delay := a.cfg.MinReconnect
+	wait := backoff.Backoff{Min: a.cfg.MinReconnect, Max: a.cfg.MaxReconnect}
 	for {
 		useLogical, why, err := probeLogical(ctx, a.cfg)
 		if err == nil {
@@ -102,21 +103,30 @@ func (a *autoEngine) Run(ctx context.Context, stop <-chan struct{}) error {
 			a.chosen.Store(&e)
 			return e.Run(ctx, stop)
 		}
+		if errs.IsFatal(err) {
+			return err
+		}
 		if a.cfg.OnError != nil {
 			a.cfg.OnError(err)
 		}
+		delay := wait.Next()
 		a.cfg.Logger.Warn("pgcdc: cannot reach the source to choose a capture mode; retrying", "source", a.cfg.Name, "error", err, "retry_in", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-stop:
-			t.Stop()
+		waitCtx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-stop:
+				cancel()
+			case <-waitCtx.Done():
+			}
+		}()
+		waited := backoff.Sleep(waitCtx, delay)
+		cancel()
+		if !waited {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			return nil
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
 		}
-		delay = min(delay*2, a.cfg.MaxReconnect)
 	}
 }
 

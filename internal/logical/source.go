@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcdc/pgcdc/internal/backoff"
 	"github.com/pgcdc/pgcdc/internal/checkpoint"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/errs"
@@ -113,15 +114,14 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 		}
 	}()
 
-	var lastErr error
-	delay := s.cfg.MinReconnect
-	for attempt := 0; ; attempt++ {
+	wait := backoff.Backoff{Min: s.cfg.MinReconnect, Max: s.cfg.MaxReconnect}
+	for {
 		s.streamed = false
 		err := s.session(ctx, readCtx)
 		if s.streamed {
 			// A session that streamed was a success: the next failure is a
 			// new one and starts again from the shortest wait.
-			lastErr, delay = nil, s.cfg.MinReconnect
+			wait.Reset()
 		}
 		if readCtx.Err() != nil {
 			if ctx.Err() != nil {
@@ -135,24 +135,19 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 		if err == nil {
 			err = errors.New("replication stream ended")
 		}
+		var delay time.Duration
 		if errors.Is(err, errSlotBusy) {
 			s.cfg.Logger.Info("pgcdc: replication slot in use by another process; standing by", "source", s.cfg.Name, "slot", s.cfg.Slot)
-			delay = s.cfg.MinReconnect
+			wait.Reset()
+			delay = wait.Next()
 		} else {
+			delay = wait.Next()
 			s.cfg.Logger.Warn("pgcdc: source disconnected; reconnecting", "source", s.cfg.Name, "error", err, "retry_in", delay)
 			if s.cfg.OnError != nil {
 				s.cfg.OnError(err)
 			}
-			if lastErr != nil {
-				delay = min(delay*2, s.cfg.MaxReconnect)
-			}
 		}
-		lastErr = err
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-readCtx.Done():
-			t.Stop()
+		if !backoff.Sleep(readCtx, delay) {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcdc/pgcdc/internal/backoff"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/errs"
 	"github.com/pgcdc/pgcdc/internal/pgident"
@@ -184,15 +185,14 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 		case <-readCtx.Done():
 		}
 	}()
-	delay := s.cfg.MinReconnect
-	failed := false
+	wait := backoff.Backoff{Min: s.cfg.MinReconnect, Max: s.cfg.MaxReconnect}
 	for {
 		s.consumed = false
 		err := s.session(ctx, readCtx)
 		if s.consumed {
 			// A session that consumed was a success: the next failure is a
 			// first failure again.
-			delay, failed = s.cfg.MinReconnect, false
+			wait.Reset()
 		}
 		if readCtx.Err() != nil {
 			if ctx.Err() != nil {
@@ -206,19 +206,12 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 		if err == nil {
 			err = errors.New("session ended")
 		}
-		if failed {
-			delay = min(delay*2, s.cfg.MaxReconnect)
-		}
-		failed = true
+		delay := wait.Next()
 		s.cfg.Logger.Warn("pgcdc: trigger source disconnected; reconnecting", "source", s.cfg.Name, "error", err, "retry_in", delay)
 		if s.cfg.OnError != nil {
 			s.cfg.OnError(err)
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-readCtx.Done():
-			t.Stop()
+		if !backoff.Sleep(readCtx, delay) {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
