@@ -4,6 +4,12 @@
 // exponential backoff and finally dead-lettered. A change is resolved (its
 // position may be confirmed) only after its handler succeeded or it was
 // dead-lettered.
+//
+// A fast handler whose lane is idle runs on the sender's goroutine instead:
+// handing one change to a parked goroutine and back costs more CPU than a
+// no-op handler, and live streams of small transactions do exactly that for
+// every change. A change whose handler fails there moves to its lane for
+// the retries, so a failing handler never holds up the other lanes.
 package dispatch
 
 import (
@@ -108,6 +114,8 @@ type Dispatcher struct {
 	stopped  chan struct{} // closed by Stop: abandon backoffs
 	wg       sync.WaitGroup
 	started  bool
+	ctx      context.Context // handlers' context (of Start)
+	keep     keeper
 
 	queued atomic.Int64  // bytes reserved by queued changes
 	space  chan struct{} // signalled when queued bytes are released
@@ -115,7 +123,36 @@ type Dispatcher struct {
 
 type table struct {
 	route Route
-	lanes []chan *change.Change
+	lanes []*lane
+	// cost is a moving average of the handler's run time in nanoseconds;
+	// only handlers cheaper than directMax run on the sender's goroutine.
+	cost atomic.Int64
+}
+
+// directMax is the average run time below which a handler runs on the
+// sender's goroutine when its lane is idle. A slower handler would hold up
+// the stream (and the other lanes) for longer than a hand-off costs.
+const directMax = 50 * time.Microsecond
+
+func (t *table) observe(d time.Duration) {
+	old := t.cost.Load()
+	t.cost.Store(old + (int64(d)-old)/8)
+}
+
+// lane is one handler goroutine's queue.
+type lane struct {
+	ch chan item
+	// n counts the lane's changes queued or being handled; the sender runs
+	// a change itself only while n is 0, so a lane's changes keep their
+	// order.
+	n atomic.Int64
+}
+
+// item is a change queued on a lane, with the attempts made before.
+type item struct {
+	c     *change.Change
+	tried int   // failed attempts already made (on the sender's goroutine)
+	err   error // the last attempt's error
 }
 
 // New returns a dispatcher; add routes, then Start it.
@@ -134,9 +171,9 @@ func (d *Dispatcher) Add(schema, tableName string, r Route) {
 	if r.Lanes < 1 {
 		r.Lanes = 1
 	}
-	t := &table{route: r, lanes: make([]chan *change.Change, r.Lanes)}
+	t := &table{route: r, lanes: make([]*lane, r.Lanes)}
 	for i := range t.lanes {
-		t.lanes[i] = make(chan *change.Change, d.cfg.QueueSize)
+		t.lanes[i] = &lane{ch: make(chan item, d.cfg.QueueSize)}
 	}
 	d.tables[schema+"."+tableName] = t
 }
@@ -169,31 +206,76 @@ func (d *Dispatcher) HandlesKey(key string, truncate bool) bool {
 	return ok && (!truncate || t.route.Truncate)
 }
 
-// Lane returns the channel the change must be sent to, or false when no
-// route handles its table (the caller resolves such a change at once).
-func (d *Dispatcher) Lane(c *change.Change) (chan<- *change.Change, bool) {
+// route returns the table and lane of a change, or nil when no route
+// handles its table.
+func (d *Dispatcher) route(c *change.Change) (*table, *lane) {
 	key := c.RouteKey
 	if key == "" {
 		key = c.Schema + "." + c.Table
 	}
 	t, ok := d.tables[key]
 	if !ok {
-		return nil, false
+		return nil, nil
 	}
-	return t.lanes[c.PartKey%uint64(len(t.lanes))], true
+	return t, t.lanes[c.PartKey%uint64(len(t.lanes))]
 }
 
-// Send queues a change on its lane. A lane whose handler is slow (or
-// retrying) does not hold the others up: changes queue per lane, and Send
-// only waits when the lane is full or all queues together hold
-// MaxQueuedBytes. While it waits it calls idle every second (the stream
-// answers the server meanwhile). It reports false when no route handles
-// the change's table.
+// Send hands a change to its handler: on the caller's goroutine when the
+// handler is fast and its lane idle, else queued on its lane. A lane whose
+// handler is slow (or retrying) does not hold the others up: changes queue
+// per lane, and Send only waits when the lane is full or all queues
+// together hold MaxQueuedBytes. While it waits it calls idle every second;
+// while it runs a handler longer than a second, another goroutine calls
+// idle every second (the stream answers the server meanwhile), so idle
+// must not assume the caller's goroutine. It reports false when no route
+// handles the change's table. Send must not be called concurrently.
 func (d *Dispatcher) Send(ctx context.Context, c *change.Change, idle func() error) (bool, error) {
-	lane, ok := d.Lane(c)
-	if !ok {
+	t, l := d.route(c)
+	if l == nil {
 		return false, nil
 	}
+	if !t.route.Tx && time.Duration(t.cost.Load()) < directMax && l.n.CompareAndSwap(0, 1) {
+		if err := ctx.Err(); err != nil {
+			l.n.Add(-1)
+			return true, err // the sender is stopping: the change stays unresolved
+		}
+		return true, d.direct(ctx, t, l, c, idle)
+	}
+	return true, d.enqueue(ctx, l, item{c: c}, idle)
+}
+
+// direct runs the handler of a change whose lane is idle (l.n was moved
+// from 0 to 1 by the caller) on the caller's goroutine. A failed change
+// moves to its lane, which retries it.
+func (d *Dispatcher) direct(ctx context.Context, t *table, l *lane, c *change.Change, idle func() error) error {
+	start := d.keep.begin(idle)
+	err := Call(d.ctx, t.route.Handler, c)
+	t.observe(time.Since(start))
+	kerr := d.keep.end()
+	if err == nil {
+		closeTx(c)
+		if c.Pos != nil {
+			c.Pos.Done()
+		}
+		l.n.Add(-1)
+		return kerr
+	}
+	if d.ctx.Err() != nil || d.stopping.Load() {
+		closeTx(c) // unresolved: delivered again later
+		l.n.Add(-1)
+		return kerr
+	}
+	// The lane is empty (n was 0) and stays reserved (n is 1): queue the
+	// change as the lane's next, whatever the memory budget says.
+	d.queued.Add(int64(len(c.Message)) + 256)
+	c.Reserved = int64(len(c.Message)) + 256
+	l.ch <- item{c: c, tried: 1, err: err}
+	return kerr
+}
+
+// enqueue queues it on lane l, waiting for room.
+func (d *Dispatcher) enqueue(ctx context.Context, l *lane, it item, idle func() error) error {
+	c := it.c
 	size := int64(len(c.Message)) + 256
 	var tick *time.Ticker
 	defer func() {
@@ -207,11 +289,13 @@ func (d *Dispatcher) Send(ctx context.Context, c *change.Change, idle func() err
 		if used := d.queued.Load(); used == 0 || used+size <= d.cfg.MaxQueuedBytes {
 			d.queued.Add(size)
 			c.Reserved = size
+			l.n.Add(1)
 			select {
-			case lane <- c:
-				return true, nil
+			case l.ch <- it:
+				return nil
 			default:
 			}
+			l.n.Add(-1)
 			d.release(c)
 		}
 		if tick == nil {
@@ -221,10 +305,10 @@ func (d *Dispatcher) Send(ctx context.Context, c *change.Change, idle func() err
 		case <-d.space:
 		case <-tick.C:
 			if err := idle(); err != nil {
-				return true, err
+				return err
 			}
 		case <-ctx.Done():
-			return true, ctx.Err()
+			return ctx.Err()
 		}
 	}
 }
@@ -246,15 +330,21 @@ func (d *Dispatcher) release(c *change.Change) {
 // abort them.
 func (d *Dispatcher) Start(ctx context.Context) {
 	d.started = true
+	d.ctx = ctx
 	for _, t := range d.tables {
 		if t.route.Tx {
 			continue // grouped: handled through the transaction route
 		}
-		for _, lane := range t.lanes {
+		for _, l := range t.lanes {
 			d.wg.Add(1)
-			go d.run(ctx, t.route, lane)
+			go d.run(ctx, t, l)
 		}
 	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.keep.run(d.stopped)
+	}()
 }
 
 // Stop makes every lane finish the change it is handling and then return,
@@ -264,8 +354,8 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	if d.stopping.CompareAndSwap(false, true) {
 		close(d.stopped)
 		for _, t := range d.tables {
-			for _, lane := range t.lanes {
-				close(lane)
+			for _, l := range t.lanes {
+				close(l.ch)
 			}
 		}
 	}
@@ -282,43 +372,51 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	}
 }
 
-func (d *Dispatcher) run(ctx context.Context, r Route, lane <-chan *change.Change) {
+func (d *Dispatcher) run(ctx context.Context, t *table, l *lane) {
 	defer d.wg.Done()
-	for c := range lane {
+	for it := range l.ch {
+		c := it.c
 		d.release(c)
 		if d.stopping.Load() || ctx.Err() != nil {
 			closeTx(c)
+			l.n.Add(-1)
 			continue // drain without handling; the stream resends these
 		}
-		resolved := d.handle(ctx, r, c)
+		resolved := d.handle(ctx, t, c, it.tried, it.err)
 		closeTx(c)
 		if resolved && c.Pos != nil {
 			c.Pos.Done()
 		}
+		l.n.Add(-1)
 	}
 }
 
-// handle runs the handler with retries and dead-lettering. It reports
-// whether the change was resolved.
-func (d *Dispatcher) handle(ctx context.Context, r Route, c *change.Change) bool {
-	var err error
-	attempts := 0
+// handle runs the handler with retries and dead-lettering, after tried
+// failed attempts (the last failing with err). It reports whether the
+// change was resolved.
+func (d *Dispatcher) handle(ctx context.Context, t *table, c *change.Change, tried int, err error) bool {
+	r := t.route
+	attempts := tried
 	for {
+		if attempts > 0 {
+			if ctx.Err() != nil {
+				return false
+			}
+			d.cfg.Logger.Warn("pgcdc: handler failed", "route", r.Name, "event_id", c.EventID,
+				"attempt", attempts, "error", err)
+			if attempts > r.Retry.MaxRetries && d.cfg.DeadLetter != nil {
+				break
+			}
+			if !d.wait(ctx, r.Retry.Backoff(attempts)) {
+				return false
+			}
+		}
 		attempts++
+		start := time.Now()
 		err = Call(ctx, r.Handler, c)
+		t.observe(time.Since(start))
 		if err == nil {
 			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
-		d.cfg.Logger.Warn("pgcdc: handler failed", "route", r.Name, "event_id", c.EventID,
-			"attempt", attempts, "error", err)
-		if attempts > r.Retry.MaxRetries && d.cfg.DeadLetter != nil {
-			break
-		}
-		if !d.wait(ctx, r.Retry.Backoff(attempts)) {
-			return false
 		}
 	}
 	herr := &HandlerError{Route: r.Name, EventID: c.EventID, Err: err}
@@ -373,5 +471,50 @@ func IsPanic(err error) bool {
 func closeTx(c *change.Change) {
 	if c.Tx != nil {
 		_ = c.Tx.Close()
+	}
+}
+
+// keeper calls the sender's idle function every second while a handler runs
+// on the sender's goroutine for longer than a second, so the stream keeps
+// answering the server during a slow handler.
+type keeper struct {
+	mu    sync.Mutex
+	since time.Time // start of the running direct handler; zero if none
+	idle  func() error
+	err   error // first error of idle during the current run
+}
+
+func (k *keeper) begin(idle func() error) time.Time {
+	now := time.Now()
+	k.mu.Lock()
+	k.since, k.idle = now, idle
+	k.mu.Unlock()
+	return now
+}
+
+// end returns the error idle reported during the run, if any. Once it
+// returns, idle is not called any more.
+func (k *keeper) end() error {
+	k.mu.Lock()
+	err := k.err
+	k.since, k.idle, k.err = time.Time{}, nil, nil
+	k.mu.Unlock()
+	return err
+}
+
+func (k *keeper) run(stop <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		k.mu.Lock()
+		if !k.since.IsZero() && time.Since(k.since) >= time.Second && k.idle != nil && k.err == nil {
+			k.err = k.idle()
+		}
+		k.mu.Unlock()
 	}
 }

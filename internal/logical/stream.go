@@ -3,6 +3,8 @@ package logical
 import (
 	"context"
 	"fmt"
+	"net"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -34,6 +36,7 @@ type stream struct {
 	serverEnd  pglogrepl.LSN           // server's WAL end from the last message
 	sentFlush  pglogrepl.LSN
 	lastStatus time.Time
+	idle       func() error // answers the server while a handler runs
 }
 
 // minStatusGap limits how often a moved position is reported.
@@ -50,18 +53,23 @@ func (st *stream) run(ctx context.Context) error {
 	}()
 	st.sentFlush = pglogrepl.LSN(st.tracker.Confirmed())
 	st.lastStatus = time.Now()
-	// One deadline context serves every receive of a second: a context per
-	// message costs a timer each, which shows at 100k messages a second.
-	var tick ticking
-	defer tick.stop()
+	// Receives run without a context (pgconn would watch one per message,
+	// which shows at 100k messages a second) under a read deadline renewed
+	// at most every half second; ctx ending moves the deadline to the past.
+	dl := newDeadline(ctx, st.conn.Conn())
+	defer dl.close()
 	for {
 		if err := st.maybeSendStatus(ctx, false); err != nil {
 			return err
 		}
-		msg, err := st.conn.ReceiveMessage(tick.next(ctx))
+		dl.renew()
+		msg, err := st.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
 				continue
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("source %s: receive: %w", st.s.label(), ctx.Err())
 			}
 			return fmt.Errorf("source %s: receive: %w", st.s.label(), err)
 		}
@@ -221,7 +229,12 @@ func (st *stream) deliver(ctx context.Context, c *change.Change) error {
 	}
 	st.txn.Add(1)
 	c.Pos = st.txn
-	queued, err := st.s.disp.Send(ctx, c, func() error { return st.maybeSendStatus(ctx, false) })
+	if st.idle == nil {
+		// Called while Send waits, or from another goroutine while a
+		// handler runs on this one: the stream answers the server meanwhile.
+		st.idle = func() error { return st.maybeSendStatus(ctx, false) }
+	}
+	queued, err := st.s.disp.Send(ctx, c, st.idle)
 	if !queued {
 		st.txn.Done() // not routed: resolved at once
 	}
@@ -266,23 +279,50 @@ func (st *stream) maybeSendStatus(ctx context.Context, force bool) error {
 	return nil
 }
 
-// ticking hands out a context that expires a second after it was made, and
-// a new one once it has.
-type ticking struct {
-	ctx    context.Context
-	cancel context.CancelFunc
+// deadline keeps a read deadline about a second ahead on a connection, so a
+// receive returns at least once a second, and moves it to the past when ctx
+// ends, so a receive returns at once.
+type deadline struct {
+	conn    net.Conn
+	stop    func() bool
+	mu      sync.Mutex
+	ended   bool // ctx ended or close was called: the deadline stays put
+	renewed time.Time
 }
 
-func (t *ticking) next(parent context.Context) context.Context {
-	if t.ctx == nil || t.ctx.Err() != nil {
-		t.stop()
-		t.ctx, t.cancel = context.WithTimeout(parent, time.Second)
-	}
-	return t.ctx
+func newDeadline(ctx context.Context, conn net.Conn) *deadline {
+	d := &deadline{conn: conn}
+	d.stop = context.AfterFunc(ctx, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if !d.ended {
+			d.ended = true
+			_ = d.conn.SetReadDeadline(time.Unix(1, 0))
+		}
+	})
+	return d
 }
 
-func (t *ticking) stop() {
-	if t.cancel != nil {
-		t.cancel()
+// renew moves the deadline a second ahead when it was last moved more than
+// half a second ago.
+func (d *deadline) renew() {
+	now := time.Now()
+	if now.Sub(d.renewed) < 500*time.Millisecond {
+		return
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.ended {
+		d.renewed = now
+		_ = d.conn.SetReadDeadline(now.Add(time.Second))
+	}
+}
+
+// close clears the deadline: the connection is used without one afterwards.
+func (d *deadline) close() {
+	d.stop()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ended = true
+	_ = d.conn.SetReadDeadline(time.Time{})
 }

@@ -160,7 +160,9 @@ func TestHardCancelThenRestart(t *testing.T) {
 	}
 	pgtest.Exec(t, dsn, fmt.Sprintf(`INSERT INTO items SELECT generate_series(1, %d)`, rows))
 	r := start(t, cfg)
-	waitUntil(t, 30*time.Second, "blocked handlers", func() bool { return handled.Load() >= 44 })
+	// The 41st handler blocks: on the claiming goroutine (handlers that were
+	// fast run there) or on its lane while others fill the other lanes.
+	waitUntil(t, 30*time.Second, "blocked handlers", func() bool { return handled.Load() >= 41 })
 	if err := r.kill(t); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Run after cancel = %v, want context.Canceled", err)
 	}
@@ -216,7 +218,14 @@ func TestStopFinishesInFlight(t *testing.T) {
 	r := start(t, cfg)
 	<-entered
 	close(r.stop)
-	<-stopping // the source stopped claiming and waits for the handler
+	// The handler may run on the claiming goroutine (a fast handler with an
+	// idle lane) or on its lane: either way Run must wait for it.
+	select {
+	case <-stopping: // on its lane: the source stopped claiming and waits
+	case err := <-r.done:
+		t.Fatalf("Run returned (%v) while a handler was in flight", err)
+	case <-time.After(200 * time.Millisecond): // on the claiming goroutine
+	}
 	close(release)
 	if err := r.halt(t); err != nil {
 		t.Fatalf("Run after stop = %v, want nil", err)
