@@ -84,6 +84,12 @@ func AddPostgresDSN(sourceName, dsn string) OptionFunc {
 // SetMaxGoroutines sets how many handler goroutines run per table (default
 // 1). Changes are partitioned by primary key, so the changes of one row are
 // always handled one at a time, in commit order.
+//
+// A handler that returns within 50 µs on average runs on the source's
+// receiving goroutine whenever its goroutine is idle: handing a change to
+// a parked goroutine costs more than such a handler. While one of those
+// calls blocks, the source waits for it; once a handler is seen to be
+// slower, its changes go to its goroutines again.
 func SetMaxGoroutines(n int) OptionFunc {
 	return func(o *option) { o.maxGoroutines = n }
 }

@@ -3,9 +3,9 @@ package logical
 import (
 	"context"
 	"crypto/md5"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"time"
 
@@ -118,12 +118,13 @@ func (d *decoder) setRelation(m *pglogrepl.RelationMessage, pk []string) {
 
 // change builds the event of one row message; nil when its table is not
 // routed (the message is then skipped and counts as resolved).
-func (d *decoder) change(msg pglogrepl.Message) (*change.Change, error) {
+func (d *decoder) change(m *rowMsg) (*change.Change, error) {
 	d.seq++
-	r, action, oldT, newT, oldIsKey, err := d.row(msg)
+	r, err := d.rel(m.relID)
 	if err != nil || !d.s.disp.HandlesKey(r.routeKey, false) {
 		return nil, err
 	}
+	action, oldT, newT, oldIsKey := m.action, m.oldT, m.newT, m.oldIsKey
 	c := &change.Change{
 		Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: action,
 		LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime,
@@ -138,24 +139,13 @@ func (d *decoder) change(msg pglogrepl.Message) (*change.Change, error) {
 	return c, nil
 }
 
-// row unpacks a row message and finds its relation.
-func (d *decoder) row(msg pglogrepl.Message) (r *relation, action string, oldT, newT *pglogrepl.TupleData, oldIsKey bool, err error) {
-	var relID uint32
-	switch m := msg.(type) {
-	case *pglogrepl.InsertMessage:
-		relID, action, newT = m.RelationID, "INSERT", m.Tuple
-	case *pglogrepl.UpdateMessage:
-		relID, action, oldT, newT = m.RelationID, "UPDATE", m.OldTuple, m.NewTuple
-		oldIsKey = m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey
-	case *pglogrepl.DeleteMessage:
-		relID, action, oldT = m.RelationID, "DELETE", m.OldTuple
-		oldIsKey = m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey
-	}
+// rel finds the relation of a row message.
+func (d *decoder) rel(relID uint32) (*relation, error) {
 	r, ok := d.rels[relID]
 	if !ok {
-		return nil, "", nil, nil, false, fmt.Errorf("source %s: change for relation %d before its Relation message", d.s.label(), relID)
+		return nil, fmt.Errorf("source %s: change for relation %d before its Relation message", d.s.label(), relID)
 	}
-	return r, action, oldT, newT, oldIsKey, nil
+	return r, nil
 }
 
 // truncate builds one TRUNCATE event per truncated table whose route asked
@@ -211,14 +201,18 @@ func partKey(r *relation, t *pglogrepl.TupleData) uint64 {
 	if len(r.partIdx) == 0 || t == nil {
 		return 0 // no key: one lane keeps the table's order
 	}
-	h := fnv.New64a()
+	// FNV-1a over the key values, each followed by a zero byte.
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
 	for _, i := range r.partIdx {
 		if i < len(t.Columns) {
-			h.Write(t.Columns[i].Data)
+			for _, c := range t.Columns[i].Data {
+				h = (h ^ uint64(c)) * prime
+			}
 		}
-		h.Write([]byte{0})
+		h *= prime // ^ 0
 	}
-	return h.Sum64()
+	return h
 }
 
 func (d *decoder) message(r *relation, c *change.Change, oldT, newT *pglogrepl.TupleData, oldIsKey bool) []byte {
@@ -353,6 +347,16 @@ func parse(data []byte, inStream bool) (m pglogrepl.Message, err error) {
 			m, err = nil, fmt.Errorf("malformed pgoutput message (type %q, %d bytes): %v", data[0], len(data), v)
 		}
 	}()
+	if data[0] == 'T' {
+		// pglogrepl sizes the relation list by the count the message gives.
+		off := 1
+		if inStream {
+			off += 4
+		}
+		if len(data) < off+5 || uint64(len(data)-off-5) < 4*uint64(binary.BigEndian.Uint32(data[off:])) {
+			return nil, fmt.Errorf("malformed pgoutput truncate message: %d bytes", len(data))
+		}
+	}
 	return pglogrepl.ParseV2(data, inStream)
 }
 

@@ -37,6 +37,7 @@ type stream struct {
 	sentFlush  pglogrepl.LSN
 	lastStatus time.Time
 	idle       func() error // answers the server while a handler runs
+	rowMsg     rowMsg       // the row message being handled (reused)
 }
 
 // minStatusGap limits how often a moved position is reported.
@@ -117,6 +118,9 @@ func (st *stream) copyData(ctx context.Context, data []byte) error {
 
 // logical handles one pgoutput message.
 func (st *stream) logical(ctx context.Context, data []byte) error {
+	if isRowMsg(data) {
+		return st.row(ctx, data)
+	}
 	msg, err := parse(data, st.inStream)
 	if err != nil {
 		return fmt.Errorf("source %s: decoding pgoutput: %w", st.s.label(), err)
@@ -142,21 +146,28 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 				return err
 			}
 		}
-	case *pglogrepl.InsertMessage, *pglogrepl.UpdateMessage, *pglogrepl.DeleteMessage:
-		if st.inStream {
-			rec, err := st.dec.record(m)
-			if err != nil {
-				return err
-			}
-			return st.streamed(xid, rec)
-		}
-		c, err := st.dec.change(m)
-		if err != nil || c == nil {
-			return err
-		}
-		return st.handleChange(ctx, c)
 	}
 	return nil
+}
+
+// row handles an Insert, Update or Delete message.
+func (st *stream) row(ctx context.Context, data []byte) error {
+	m := &st.rowMsg
+	if err := m.parse(data, st.inStream); err != nil {
+		return fmt.Errorf("source %s: decoding pgoutput: %w", st.s.label(), err)
+	}
+	if st.inStream {
+		rec, err := st.dec.record(m)
+		if err != nil {
+			return err
+		}
+		return st.streamed(m.xid, rec)
+	}
+	c, err := st.dec.change(m)
+	if err != nil || c == nil {
+		return err
+	}
+	return st.handleChange(ctx, c)
 }
 
 // handleChange routes one change of the current transaction: grouped for a

@@ -37,11 +37,12 @@ const (
 )
 
 // record renders a change of a streamed transaction for its buffer.
-func (d *decoder) record(msg pglogrepl.Message) ([]byte, error) {
-	r, action, oldT, newT, oldIsKey, err := d.row(msg)
+func (d *decoder) record(m *rowMsg) ([]byte, error) {
+	r, err := d.rel(m.relID)
 	if err != nil {
 		return nil, err
 	}
+	action, oldT, newT, oldIsKey := m.action, m.oldT, m.newT, m.oldIsKey
 	if !d.s.disp.HandlesKey(r.routeKey, false) {
 		return []byte{recSkip}, nil
 	}
