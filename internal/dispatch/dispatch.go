@@ -127,6 +127,8 @@ type table struct {
 	// cost is a moving average of the handler's run time in nanoseconds;
 	// only handlers cheaper than directMax run on the sender's goroutine.
 	cost atomic.Int64
+	// direct counts the runs on the sender's goroutine (used by Send only).
+	direct uint64
 }
 
 // directMax is the average run time below which a handler runs on the
@@ -248,9 +250,19 @@ func (d *Dispatcher) Send(ctx context.Context, c *change.Change, idle func() err
 // from 0 to 1 by the caller) on the caller's goroutine. A failed change
 // moves to its lane, which retries it.
 func (d *Dispatcher) direct(ctx context.Context, t *table, l *lane, c *change.Change, idle func() error) error {
-	start := d.keep.begin(idle)
+	// Every 8th run is timed (the first one too): reading the clock twice
+	// per change would cost a tenth of a fast handler's path.
+	timed := t.direct%8 == 0
+	t.direct++
+	var start time.Time
+	if timed {
+		start = time.Now()
+	}
+	d.keep.begin(idle)
 	err := Call(d.ctx, t.route.Handler, c)
-	t.observe(time.Since(start))
+	if timed {
+		t.observe(time.Since(start))
+	}
 	kerr := d.keep.end()
 	if err == nil {
 		closeTx(c)
@@ -478,18 +490,18 @@ func closeTx(c *change.Change) {
 // on the sender's goroutine for longer than a second, so the stream keeps
 // answering the server during a slow handler.
 type keeper struct {
-	mu    sync.Mutex
-	since time.Time // start of the running direct handler; zero if none
-	idle  func() error
-	err   error // first error of idle during the current run
+	mu      sync.Mutex
+	runs    uint64 // direct handler runs begun
+	running bool   // run number runs is in progress
+	idle    func() error
+	err     error // first error of idle during the current run
 }
 
-func (k *keeper) begin(idle func() error) time.Time {
-	now := time.Now()
+func (k *keeper) begin(idle func() error) {
 	k.mu.Lock()
-	k.since, k.idle = now, idle
+	k.runs++
+	k.running, k.idle = true, idle
 	k.mu.Unlock()
-	return now
 }
 
 // end returns the error idle reported during the run, if any. Once it
@@ -497,14 +509,17 @@ func (k *keeper) begin(idle func() error) time.Time {
 func (k *keeper) end() error {
 	k.mu.Lock()
 	err := k.err
-	k.since, k.idle, k.err = time.Time{}, nil, nil
+	k.running, k.idle, k.err = false, nil, nil
 	k.mu.Unlock()
 	return err
 }
 
+// run calls idle at every tick that finds the run seen at the tick before
+// still going: one that has lasted at least a second.
 func (k *keeper) run(stop <-chan struct{}) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	var seen uint64 // the run in progress at the last tick; 0 if none
 	for {
 		select {
 		case <-stop:
@@ -512,8 +527,12 @@ func (k *keeper) run(stop <-chan struct{}) {
 		case <-t.C:
 		}
 		k.mu.Lock()
-		if !k.since.IsZero() && time.Since(k.since) >= time.Second && k.idle != nil && k.err == nil {
+		if k.running && k.runs == seen && k.idle != nil && k.err == nil {
 			k.err = k.idle()
+		}
+		seen = 0
+		if k.running {
+			seen = k.runs
 		}
 		k.mu.Unlock()
 	}

@@ -60,10 +60,11 @@ func (st *stream) run(ctx context.Context) error {
 	dl := newDeadline(ctx, st.conn.Conn())
 	defer dl.close()
 	for {
-		if err := st.maybeSendStatus(ctx, false); err != nil {
+		now := time.Now()
+		if err := st.statusAt(ctx, false, now); err != nil {
 			return err
 		}
-		dl.renew()
+		dl.renew(now)
 		msg, err := st.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
@@ -270,8 +271,12 @@ func (st *stream) barrier(ctx context.Context) error {
 // maybeSendStatus reports the confirmed position when it moved (at most
 // every minStatusGap), when the server asks, and every StatusInterval.
 func (st *stream) maybeSendStatus(ctx context.Context, force bool) error {
+	return st.statusAt(ctx, force, time.Now())
+}
+
+// statusAt is maybeSendStatus at time now.
+func (st *stream) statusAt(ctx context.Context, force bool, now time.Time) error {
 	flush := pglogrepl.LSN(st.tracker.Confirmed())
-	now := time.Now()
 	since := now.Sub(st.lastStatus)
 	if !force && since < st.s.cfg.StatusInterval && (flush == st.sentFlush || since < minStatusGap) {
 		return nil
@@ -314,10 +319,9 @@ func newDeadline(ctx context.Context, conn net.Conn) *deadline {
 	return d
 }
 
-// renew moves the deadline a second ahead when it was last moved more than
-// half a second ago.
-func (d *deadline) renew() {
-	now := time.Now()
+// renew moves the deadline a second past now when it was last moved more
+// than half a second before now.
+func (d *deadline) renew(now time.Time) {
 	if now.Sub(d.renewed) < 500*time.Millisecond {
 		return
 	}
