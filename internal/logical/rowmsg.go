@@ -138,32 +138,27 @@ func (r *reader) short(n int) bool {
 }
 
 func (r *reader) u8() byte {
-	if r.short(1) {
-		return 0
+	if b := r.bytes(1); b != nil {
+		return b[0]
 	}
-	v := r.b[0]
-	r.b = r.b[1:]
-	return v
+	return 0
 }
 
 func (r *reader) u16() uint16 {
-	if r.short(2) {
-		return 0
+	if b := r.bytes(2); b != nil {
+		return binary.BigEndian.Uint16(b)
 	}
-	v := binary.BigEndian.Uint16(r.b)
-	r.b = r.b[2:]
-	return v
+	return 0
 }
 
 func (r *reader) u32() uint32 {
-	if r.short(4) {
-		return 0
+	if b := r.bytes(4); b != nil {
+		return binary.BigEndian.Uint32(b)
 	}
-	v := binary.BigEndian.Uint32(r.b)
-	r.b = r.b[4:]
-	return v
+	return 0
 }
 
+// bytes returns the next n bytes (nil past the end, or for n = 0).
 func (r *reader) bytes(n int) []byte {
 	if n < 0 || r.short(n) {
 		return nil
