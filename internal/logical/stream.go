@@ -36,6 +36,7 @@ type stream struct {
 	serverEnd  pglogrepl.LSN           // server's WAL end from the last message
 	sentFlush  pglogrepl.LSN
 	lastStatus time.Time
+	unreported bool         // the confirmed position moved since the last report
 	idle       func() error // answers the server while a handler runs
 	rowMsg     rowMsg       // the row message being handled (reused)
 }
@@ -64,10 +65,25 @@ func (st *stream) run(ctx context.Context) error {
 		if err := st.statusAt(ctx, false, now); err != nil {
 			return err
 		}
-		dl.renew(now)
+		if st.unreported {
+			// A moved position waits for minStatusGap: wake up to report
+			// it then, not when the next message comes. (A walsender that
+			// asked for a reply sends nothing more until it gets one.)
+			dl.until(st.lastStatus.Add(minStatusGap))
+		} else {
+			dl.renew(now)
+		}
 		msg, err := st.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
+				if st.txn == nil {
+					// Quiet: ask for the server's position. A walsender busy
+					// decoding other tables' WAL sends nothing on its own,
+					// and the slot would pin that WAL meanwhile.
+					if err := st.statusAt(ctx, true, time.Now()); err != nil {
+						return err
+					}
+				}
 				continue
 			}
 			if ctx.Err() != nil {
@@ -278,7 +294,8 @@ func (st *stream) maybeSendStatus(ctx context.Context, force bool) error {
 func (st *stream) statusAt(ctx context.Context, force bool, now time.Time) error {
 	flush := pglogrepl.LSN(st.tracker.Confirmed())
 	since := now.Sub(st.lastStatus)
-	if !force && since < st.s.cfg.StatusInterval && (flush == st.sentFlush || since < minStatusGap) {
+	st.unreported = flush != st.sentFlush
+	if !force && since < st.s.cfg.StatusInterval && (!st.unreported || since < minStatusGap) {
 		return nil
 	}
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, st.conn, pglogrepl.StandbyStatusUpdate{
@@ -286,12 +303,17 @@ func (st *stream) statusAt(ctx context.Context, force bool, now time.Time) error
 		WALFlushPosition: flush,
 		WALApplyPosition: flush,
 		ClientTime:       now,
+		// Between transactions the server's answer (a keepalive with its
+		// position) lets the confirmed position follow WAL that holds
+		// nothing for this slot; inside one it could not move anyway.
+		ReplyRequested: st.txn == nil,
 	})
 	if err != nil {
 		return fmt.Errorf("source %s: sending standby status: %w", st.s.label(), err)
 	}
 	st.sentFlush = flush
 	st.lastStatus = now
+	st.unreported = false
 	return nil
 }
 
@@ -304,6 +326,7 @@ type deadline struct {
 	mu      sync.Mutex
 	ended   bool // ctx ended or close was called: the deadline stays put
 	renewed time.Time
+	at      time.Time // the deadline set
 }
 
 func newDeadline(ctx context.Context, conn net.Conn) *deadline {
@@ -328,8 +351,19 @@ func (d *deadline) renew(now time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.ended {
-		d.renewed = now
-		_ = d.conn.SetReadDeadline(now.Add(time.Second))
+		d.renewed, d.at = now, now.Add(time.Second)
+		_ = d.conn.SetReadDeadline(d.at)
+	}
+}
+
+// until moves the deadline to t (a wake-up sooner than a second); the next
+// renew moves it a second ahead again.
+func (d *deadline) until(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.ended && !t.Equal(d.at) {
+		d.at, d.renewed = t, time.Time{}
+		_ = d.conn.SetReadDeadline(t)
 	}
 }
 
