@@ -241,7 +241,7 @@ func (d *Dispatcher) Send(ctx context.Context, c *change.Change, idle func() err
 			l.n.Add(-1)
 			return true, err // the sender is stopping: the change stays unresolved
 		}
-		return true, d.direct(ctx, t, l, c, idle)
+		return true, d.direct(t, l, c, idle)
 	}
 	return true, d.enqueue(ctx, l, item{c: c}, idle)
 }
@@ -249,7 +249,7 @@ func (d *Dispatcher) Send(ctx context.Context, c *change.Change, idle func() err
 // direct runs the handler of a change whose lane is idle (l.n was moved
 // from 0 to 1 by the caller) on the caller's goroutine. A failed change
 // moves to its lane, which retries it.
-func (d *Dispatcher) direct(ctx context.Context, t *table, l *lane, c *change.Change, idle func() error) error {
+func (d *Dispatcher) direct(t *table, l *lane, c *change.Change, idle func() error) error {
 	// Every 8th run is timed (the first one too): reading the clock twice
 	// per change would cost a tenth of a fast handler's path.
 	timed := t.direct%8 == 0
@@ -279,8 +279,8 @@ func (d *Dispatcher) direct(ctx context.Context, t *table, l *lane, c *change.Ch
 	}
 	// The lane is empty (n was 0) and stays reserved (n is 1): queue the
 	// change as the lane's next, whatever the memory budget says.
-	d.queued.Add(int64(len(c.Message)) + 256)
-	c.Reserved = int64(len(c.Message)) + 256
+	c.Reserved = queuedSize(c)
+	d.queued.Add(c.Reserved)
 	l.ch <- item{c: c, tried: 1, err: err}
 	return kerr
 }
@@ -288,7 +288,7 @@ func (d *Dispatcher) direct(ctx context.Context, t *table, l *lane, c *change.Ch
 // enqueue queues it on lane l, waiting for room.
 func (d *Dispatcher) enqueue(ctx context.Context, l *lane, it item, idle func() error) error {
 	c := it.c
-	size := int64(len(c.Message)) + 256
+	size := queuedSize(c)
 	var tick *time.Ticker
 	defer func() {
 		if tick != nil {
@@ -324,6 +324,9 @@ func (d *Dispatcher) enqueue(ctx context.Context, l *lane, it item, idle func() 
 		}
 	}
 }
+
+// queuedSize is the share of the memory budget a queued change takes.
+func queuedSize(c *change.Change) int64 { return int64(len(c.Message)) + 256 }
 
 // release gives back the budget a change held.
 func (d *Dispatcher) release(c *change.Change) {

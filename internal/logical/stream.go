@@ -55,6 +55,10 @@ func (st *stream) run(ctx context.Context) error {
 	}()
 	st.sentFlush = pglogrepl.LSN(st.tracker.Confirmed())
 	st.lastStatus = time.Now()
+	// Called while a delivery waits for room, or from another goroutine
+	// while a handler runs on this one: the stream answers the server
+	// meanwhile.
+	st.idle = func() error { return st.maybeSendStatus(ctx, false) }
 	// Receives run without a context (pgconn would watch one per message,
 	// which shows at 100k messages a second) under a read deadline renewed
 	// at most every half second; ctx ending moves the deadline to the past.
@@ -62,7 +66,7 @@ func (st *stream) run(ctx context.Context) error {
 	defer dl.close()
 	for {
 		now := time.Now()
-		if err := st.statusAt(ctx, false, now); err != nil {
+		if err := st.statusAt(ctx, false, false, now); err != nil {
 			return err
 		}
 		if st.unreported {
@@ -77,10 +81,11 @@ func (st *stream) run(ctx context.Context) error {
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
 				if st.txn == nil {
-					// Quiet: ask for the server's position. A walsender busy
+					// Quiet between transactions: report, and ask for the
+					// server's position (a keepalive). A walsender busy
 					// decoding other tables' WAL sends nothing on its own,
 					// and the slot would pin that WAL meanwhile.
-					if err := st.statusAt(ctx, true, time.Now()); err != nil {
+					if err := st.statusAt(ctx, true, true, time.Now()); err != nil {
 						return err
 					}
 				}
@@ -257,11 +262,6 @@ func (st *stream) deliver(ctx context.Context, c *change.Change) error {
 	}
 	st.txn.Add(1)
 	c.Pos = st.txn
-	if st.idle == nil {
-		// Called while Send waits, or from another goroutine while a
-		// handler runs on this one: the stream answers the server meanwhile.
-		st.idle = func() error { return st.maybeSendStatus(ctx, false) }
-	}
 	queued, err := st.s.disp.Send(ctx, c, st.idle)
 	if !queued {
 		st.txn.Done() // not routed: resolved at once
@@ -287,11 +287,12 @@ func (st *stream) barrier(ctx context.Context) error {
 // maybeSendStatus reports the confirmed position when it moved (at most
 // every minStatusGap), when the server asks, and every StatusInterval.
 func (st *stream) maybeSendStatus(ctx context.Context, force bool) error {
-	return st.statusAt(ctx, force, time.Now())
+	return st.statusAt(ctx, force, false, time.Now())
 }
 
-// statusAt is maybeSendStatus at time now.
-func (st *stream) statusAt(ctx context.Context, force bool, now time.Time) error {
+// statusAt is maybeSendStatus at time now; probe asks the server to answer
+// with its position.
+func (st *stream) statusAt(ctx context.Context, force, probe bool, now time.Time) error {
 	flush := pglogrepl.LSN(st.tracker.Confirmed())
 	since := now.Sub(st.lastStatus)
 	st.unreported = flush != st.sentFlush
@@ -303,10 +304,7 @@ func (st *stream) statusAt(ctx context.Context, force bool, now time.Time) error
 		WALFlushPosition: flush,
 		WALApplyPosition: flush,
 		ClientTime:       now,
-		// Between transactions the server's answer (a keepalive with its
-		// position) lets the confirmed position follow WAL that holds
-		// nothing for this slot; inside one it could not move anyway.
-		ReplyRequested: st.txn == nil,
+		ReplyRequested:   probe,
 	})
 	if err != nil {
 		return fmt.Errorf("source %s: sending standby status: %w", st.s.label(), err)
