@@ -2,7 +2,6 @@ package pgcdc
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -63,13 +62,8 @@ func (t *TxContext) Each(fn func(*EventContext) error) error {
 
 // eventFromMessage rebuilds an event's context from its JSON.
 func eventFromMessage(ctx context.Context, msg []byte, tx *change.Change, workerType string) (*EventContext, error) {
-	var h struct {
-		EventID string `json:"event_id"`
-		Table   string `json:"table"`
-		Action  string `json:"action"`
-		Schema  string `json:"schema"`
-	}
-	if err := json.Unmarshal(msg, &h); err != nil {
+	h, err := change.ParseHeader(msg)
+	if err != nil {
 		return nil, fmt.Errorf("pgcdc: transaction event is not JSON: %w", err)
 	}
 	c := &change.Change{Source: tx.Source, Schema: h.Schema, Table: h.Table, Action: h.Action,

@@ -4,6 +4,7 @@
 package change
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/pgcdc/pgcdc/internal/txbuf"
@@ -37,4 +38,20 @@ type Change struct {
 	// events of the transaction's grouped tables, in commit order. The
 	// dispatcher closes it once the change is resolved or dropped.
 	Tx *txbuf.Buffer
+}
+
+// Header is the routing part of an event's JSON.
+type Header struct {
+	EventID string `json:"event_id"`
+	Table   string `json:"table"`
+	Action  string `json:"action"`
+	Schema  string `json:"schema"`
+}
+
+// ParseHeader reads the routing fields of an event's JSON (the events of a
+// grouped transaction travel as JSON only).
+func ParseHeader(msg []byte) (Header, error) {
+	var h Header
+	err := json.Unmarshal(msg, &h)
+	return h, err
 }

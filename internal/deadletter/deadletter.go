@@ -5,7 +5,6 @@ package deadletter
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -142,16 +141,11 @@ func (s *Store) storeTx(ctx context.Context, route string, c *change.Change, att
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
 	err = c.Tx.Each(func(msg []byte) error {
-		var h struct {
-			EventID string `json:"event_id"`
-			Table   string `json:"table"`
-			Action  string `json:"action"`
-			Schema  string `json:"schema"`
-		}
-		if err := json.Unmarshal(msg, &h); err != nil {
+		h, err := change.ParseHeader(msg)
+		if err != nil {
 			return fmt.Errorf("dead letter of transaction %d: %w", c.XID, err)
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO `+s.table+`
+		_, err = tx.Exec(ctx, `INSERT INTO `+s.table+`
 			(worker_type, source, route, event_id, schema_name, table_name, action, lsn, payload, error, attempts)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::pg_lsn, $9::text::json, $10, $11)`,
 			s.workerType, c.Source, route, h.EventID, h.Schema, h.Table, h.Action,

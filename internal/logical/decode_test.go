@@ -173,16 +173,17 @@ func sameAsPglogrepl(t *testing.T, b []byte, got *rowMsg, err error) {
 	if perr != nil {
 		return
 	}
-	pm, _ = unwrapV2(pm)
 	var relID uint32
 	var oldT, newT *pglogrepl.TupleData
 	switch m := pm.(type) {
-	case *pglogrepl.InsertMessage:
+	case *pglogrepl.InsertMessageV2:
 		relID, newT = m.RelationID, m.Tuple
-	case *pglogrepl.UpdateMessage:
+	case *pglogrepl.UpdateMessageV2:
 		relID, oldT, newT = m.RelationID, m.OldTuple, m.NewTuple
-	case *pglogrepl.DeleteMessage:
+	case *pglogrepl.DeleteMessageV2:
 		relID, oldT = m.RelationID, m.OldTuple
+	default:
+		t.Fatalf("pglogrepl returned %T for a row message", pm)
 	}
 	if got.relID != relID || !sameTuple(got.oldT, oldT) || !sameTuple(got.newT, newT) {
 		t.Fatalf("parsed %+v, pglogrepl %#v", got, pm)

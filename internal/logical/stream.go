@@ -233,15 +233,10 @@ func (st *stream) commit(ctx context.Context, end pglogrepl.LSN) error {
 }
 
 // unwrapV2 returns the protocol-1 message inside a protocol-2 one, with the
-// (sub)transaction id it carries inside a stream.
+// (sub)transaction id it carries inside a stream. (Row messages do not come
+// here: the decoder parses those itself, see rowmsg.go.)
 func unwrapV2(msg pglogrepl.Message) (pglogrepl.Message, uint32) {
 	switch m := msg.(type) {
-	case *pglogrepl.InsertMessageV2:
-		return &m.InsertMessage, m.Xid
-	case *pglogrepl.UpdateMessageV2:
-		return &m.UpdateMessage, m.Xid
-	case *pglogrepl.DeleteMessageV2:
-		return &m.DeleteMessage, m.Xid
 	case *pglogrepl.TruncateMessageV2:
 		return &m.TruncateMessage, m.Xid
 	case *pglogrepl.RelationMessageV2:
@@ -324,7 +319,7 @@ type deadline struct {
 	mu      sync.Mutex
 	ended   bool // ctx ended or close was called: the deadline stays put
 	renewed time.Time
-	at      time.Time // the deadline set
+	at      time.Time // the deadline set (written by the stream's goroutine only)
 }
 
 func newDeadline(ctx context.Context, conn net.Conn) *deadline {
@@ -357,9 +352,12 @@ func (d *deadline) renew(now time.Time) {
 // until moves the deadline to t (a wake-up sooner than a second); the next
 // renew moves it a second ahead again.
 func (d *deadline) until(t time.Time) {
+	if t.Equal(d.at) { // only the stream's goroutine writes at
+		return
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.ended && !t.Equal(d.at) {
+	if !d.ended {
 		d.at, d.renewed = t, time.Time{}
 		_ = d.conn.SetReadDeadline(t)
 	}
