@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgcdc/pgcdc/internal/backoff"
 	"github.com/pgcdc/pgcdc/internal/change"
 )
 
@@ -111,11 +112,14 @@ type Dispatcher struct {
 	cfg      Config
 	tables   map[string]*table // key: schema + "." + table
 	stopping atomic.Bool
-	stopped  chan struct{} // closed by Stop: abandon backoffs
-	wg       sync.WaitGroup
-	started  bool
-	ctx      context.Context // handlers' context (of Start)
-	keep     keeper
+	// waits ends when Stop is called or the handlers' context ends:
+	// backoffs are abandoned then.
+	waits     context.Context
+	stopWaits context.CancelFunc
+	wg        sync.WaitGroup
+	started   bool
+	ctx       context.Context // handlers' context (of Start)
+	keep      keeper
 
 	queued atomic.Int64  // bytes reserved by queued changes
 	space  chan struct{} // signalled when queued bytes are released
@@ -165,7 +169,7 @@ func New(cfg Config) *Dispatcher {
 	if cfg.MaxQueuedBytes < 1 {
 		cfg.MaxQueuedBytes = 64 << 20
 	}
-	return &Dispatcher{cfg: cfg, tables: map[string]*table{}, stopped: make(chan struct{}), space: make(chan struct{}, 1)}
+	return &Dispatcher{cfg: cfg, tables: map[string]*table{}, space: make(chan struct{}, 1)}
 }
 
 // Add registers the route of a table. It must be called before Start.
@@ -229,18 +233,19 @@ func (d *Dispatcher) route(c *change.Change) (*table, *lane) {
 // together hold MaxQueuedBytes. While it waits it calls idle every second;
 // while it runs a handler longer than a second, another goroutine calls
 // idle every second (the stream answers the server meanwhile), so idle
-// must not assume the caller's goroutine. It reports false when no route
-// handles the change's table. Send must not be called concurrently.
+// must not assume the caller's goroutine. Once ctx has ended nothing is
+// handed on: Send returns ctx's error and the change stays unresolved (it
+// is delivered again later). It reports false when no route handles the
+// change's table. Send must not be called concurrently.
 func (d *Dispatcher) Send(ctx context.Context, c *change.Change, idle func() error) (bool, error) {
 	t, l := d.route(c)
 	if l == nil {
 		return false, nil
 	}
+	if err := ctx.Err(); err != nil {
+		return true, err // the sender is stopping: the change stays unresolved
+	}
 	if !t.route.Tx && time.Duration(t.cost.Load()) < directMax && l.n.CompareAndSwap(0, 1) {
-		if err := ctx.Err(); err != nil {
-			l.n.Add(-1)
-			return true, err // the sender is stopping: the change stays unresolved
-		}
 		return true, d.direct(t, l, c, idle)
 	}
 	return true, d.enqueue(ctx, l, item{c: c}, idle)
@@ -346,6 +351,7 @@ func (d *Dispatcher) release(c *change.Change) {
 func (d *Dispatcher) Start(ctx context.Context) {
 	d.started = true
 	d.ctx = ctx
+	d.waits, d.stopWaits = context.WithCancel(ctx)
 	for _, t := range d.tables {
 		if t.route.Tx {
 			continue // grouped: handled through the transaction route
@@ -358,7 +364,7 @@ func (d *Dispatcher) Start(ctx context.Context) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		d.keep.run(d.stopped)
+		d.keep.run(d.waits.Done())
 	}()
 }
 
@@ -367,7 +373,9 @@ func (d *Dispatcher) Start(ctx context.Context) {
 // waits for the lanes or for ctx.
 func (d *Dispatcher) Stop(ctx context.Context) error {
 	if d.stopping.CompareAndSwap(false, true) {
-		close(d.stopped)
+		if d.stopWaits != nil {
+			d.stopWaits()
+		}
 		for _, t := range d.tables {
 			for _, l := range t.lanes {
 				close(l.ch)
@@ -422,7 +430,7 @@ func (d *Dispatcher) handle(ctx context.Context, t *table, c *change.Change, tri
 			if attempts > r.Retry.MaxRetries && d.cfg.DeadLetter != nil {
 				break
 			}
-			if !d.wait(ctx, r.Retry.Backoff(attempts)) {
+			if !d.wait(r.Retry.Backoff(attempts)) {
 				return false
 			}
 		}
@@ -444,27 +452,16 @@ func (d *Dispatcher) handle(ctx context.Context, t *table, c *change.Change, tri
 		}
 		d.cfg.Logger.Error("pgcdc: cannot store dead letter; retrying", "route", r.Name,
 			"event_id", c.EventID, "error", derr)
-		if !d.wait(ctx, r.Retry.Backoff(n)) {
+		if !d.wait(r.Retry.Backoff(n)) {
 			return false
 		}
 	}
 }
 
-// wait sleeps for dur unless the dispatcher stops or ctx ends first.
-func (d *Dispatcher) wait(ctx context.Context, dur time.Duration) bool {
-	if dur <= 0 {
-		dur = time.Millisecond
-	}
-	t := time.NewTimer(dur)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	case <-d.stopped:
-		return false
-	}
+// wait sleeps for dur (at least a millisecond) unless the dispatcher stops
+// or the handlers' context ends first.
+func (d *Dispatcher) wait(dur time.Duration) bool {
+	return backoff.Sleep(d.waits, max(dur, time.Millisecond))
 }
 
 // Call runs h, turning a panic into a *PanicError.
