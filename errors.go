@@ -34,3 +34,18 @@ type HandlerError = dispatch.HandlerError
 
 // PanicError is the error a panicking handler is turned into.
 type PanicError = dispatch.PanicError
+
+// Permanent marks a handler error that retrying cannot fix (a rejected
+// payload, a 4xx answer): the event is dead-lettered at once, without the
+// retries of SetMaxRetries. Without a dead-letter store (DisableDeadLetter)
+// it is retried like any other error, since nothing may be dropped.
+// Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &errs.Permanent{Err: err}
+}
+
+// IsPermanent reports whether err was marked with Permanent.
+func IsPermanent(err error) bool { return errs.IsPermanent(err) }

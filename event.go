@@ -148,3 +148,9 @@ func (e *EventContext) SetError(err error) { e.err = err }
 func lsnString(lsn uint64) string {
 	return fmt.Sprintf("%X/%X", uint32(lsn>>32), uint32(lsn))
 }
+
+// RowKey is a hash of the row's identity (its primary key or replica
+// identity columns): every change of one row has the same RowKey, and
+// handlers see the changes of one RowKey in commit order. Sinks use it to
+// keep per-row order (a partition, a message group).
+func (e *EventContext) RowKey() uint64 { return e.c.PartKey }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/pgcdc/pgcdc/internal/backoff"
 	"github.com/pgcdc/pgcdc/internal/change"
+	"github.com/pgcdc/pgcdc/internal/errs"
 )
 
 // Handler handles one change. A returned error (or a panic) is retried.
@@ -427,7 +428,7 @@ func (d *Dispatcher) handle(ctx context.Context, t *table, c *change.Change, tri
 			}
 			d.cfg.Logger.Warn("pgcdc: handler failed", "route", r.Name, "event_id", c.EventID,
 				"attempt", attempts, "error", err)
-			if attempts > r.Retry.MaxRetries && d.cfg.DeadLetter != nil {
+			if (attempts > r.Retry.MaxRetries || errs.IsPermanent(err)) && d.cfg.DeadLetter != nil {
 				break
 			}
 			if !d.wait(r.Retry.Backoff(attempts)) {

@@ -33,3 +33,16 @@ func IsFatal(err error) bool {
 	var f *Fatal
 	return errors.As(err, &f)
 }
+
+// Permanent wraps a handler error that retrying cannot fix: the event is
+// dead-lettered at once instead of after the retries.
+type Permanent struct{ Err error }
+
+func (p *Permanent) Error() string { return p.Err.Error() }
+func (p *Permanent) Unwrap() error { return p.Err }
+
+// IsPermanent reports whether err is (or wraps) a Permanent error.
+func IsPermanent(err error) bool {
+	var p *Permanent
+	return errors.As(err, &p)
+}
