@@ -171,11 +171,8 @@ func probeLogical(ctx context.Context, cfg logical.Config) (bool, string, error)
 // kept. Undelivered changes are lost, so call it only when retiring the
 // worker, and never while it serves.
 func (w *Worker) Teardown(ctx context.Context) error {
-	w.mu.Lock()
-	serving := w.state == 1
-	w.mu.Unlock()
-	if serving {
-		return fmt.Errorf("%w: Teardown while the worker serves", ErrConfig)
+	if w.serving() {
+		return fmt.Errorf("%w: Teardown while Serve runs: call it after Serve returned", ErrConfig)
 	}
 	var problems []error
 	for _, s := range w.opt.sources {

@@ -24,6 +24,10 @@ var (
 	// ErrSlotLost: the replication slot was dropped or lost WAL while in use,
 	// so changes may have been missed. pgcdc never silently starts over.
 	ErrSlotLost = errs.ErrSlotLost
+	// ErrDecode: a message of the replication stream cannot be decoded.
+	// The message names the source and the WAL position; nothing after it
+	// was confirmed, so no change is lost once the cause is fixed.
+	ErrDecode = errs.ErrDecode
 	// ErrWorkerClosed: Serve was called after Shutdown, or twice.
 	ErrWorkerClosed = errors.New("pgcdc: worker closed")
 )

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgcdc/pgcdc/internal/pgident"
 )
 
 // OptionFunc configures a Worker. Options only record values; NewWorker
@@ -48,12 +50,18 @@ type option struct {
 	deadLetterSchema     string
 	deadLetterTable      string
 	deadLetterOff        bool
+	deadLetterSet        bool
 	recreateLostSlot     bool
 	txBufferBytes        int64
 	noStreaming          bool
 	captureMode          CaptureMode
 	triggerSchema        string
 }
+
+// MaxGoroutinesLimit is the most handler goroutines a route may have
+// (SetMaxGoroutines, WithMaxGoroutines): more would not run faster on any
+// machine, only cost memory.
+const MaxGoroutinesLimit = 1024
 
 // Defaults used when an option is not given (or given as zero).
 const (
@@ -162,6 +170,7 @@ func SetRetryBackoff(minWait, maxWait time.Duration) OptionFunc {
 func SetDeadLetterTable(name string) OptionFunc {
 	return func(o *option) {
 		o.deadLetterSchema, o.deadLetterTable = splitRoute(name)
+		o.deadLetterSet = true
 	}
 }
 
@@ -220,7 +229,7 @@ func (o *option) fill() {
 	if o.triggerSchema == "" {
 		o.triggerSchema = "pgcdc"
 	}
-	if o.deadLetterTable == "" {
+	if !o.deadLetterSet {
 		o.deadLetterSchema, o.deadLetterTable = splitRoute(DefaultDeadLetterTable)
 	}
 }
@@ -249,8 +258,8 @@ func (o *option) validate() error {
 			bad("%s: the DSN cannot be parsed (it is not shown because it may hold a password)", label)
 		}
 	}
-	if o.maxGoroutines < 0 {
-		bad("SetMaxGoroutines(%d): must be at least 1", o.maxGoroutines)
+	if o.maxGoroutines < 0 || o.maxGoroutines > MaxGoroutinesLimit {
+		bad("SetMaxGoroutines(%d): must be from 1 to %d (0 means the default, %d)", o.maxGoroutines, MaxGoroutinesLimit, DefaultMaxGoroutines)
 	}
 	if o.minReconnectInterval < 0 || o.maxReconnectInterval < 0 {
 		bad("reconnect intervals must not be negative")
@@ -265,7 +274,7 @@ func (o *option) validate() error {
 		bad("SetRetryBackoff(%s, %s): need 0 <= min <= max", o.minRetryBackoff, o.maxRetryBackoff)
 	}
 	if o.deadLetterTable == "" || o.deadLetterSchema == "" {
-		bad("SetDeadLetterTable: empty schema or table name")
+		bad("SetDeadLetterTable(%q): empty schema or table name", pgident.Qualified(o.deadLetterSchema, o.deadLetterTable))
 	}
 	switch o.captureMode {
 	case CaptureLogical, CaptureTrigger, CaptureAuto:

@@ -10,6 +10,10 @@ import (
 type PostgresHandlerRouteKey struct {
 	SourceName string `json:"sourceName"`
 	TableName  string `json:"tableName"`
+	// SchemaName, when set, is the table's schema and TableName is the bare
+	// table name (see CreateTableRoute); otherwise TableName is "table" or
+	// "schema.table".
+	SchemaName string `json:"schemaName,omitempty"`
 }
 
 // String returns the route string for the key.
@@ -27,16 +31,43 @@ func CreateHandlerRoute(sourceName, tableName string) string {
 	return PostgresHandlerRouteKey{SourceName: sourceName, TableName: tableName}.String()
 }
 
+// CreateTableRoute returns the route of table schema.table in the source
+// added with AddPostgresDSN(sourceName, ...) ("" for the default source),
+// with schema and table given apart: for names that contain a dot
+// ("my.schema"), which "schema.table" routes cannot express.
+func CreateTableRoute(sourceName, schema, table string) string {
+	return PostgresHandlerRouteKey{SourceName: sourceName, SchemaName: schema, TableName: table}.String()
+}
+
 // ParseHandlerRoute reverses CreateHandlerRoute. A plain route ("orders",
 // "sales.orders") yields an empty source name and the route as table.
 func ParseHandlerRoute(route string) (sourceName, tableName string) {
 	if strings.HasPrefix(route, "{") {
 		var k PostgresHandlerRouteKey
 		if err := json.Unmarshal([]byte(route), &k); err == nil && k.TableName != "" {
+			if k.SchemaName != "" {
+				return k.SourceName, k.SchemaName + "." + k.TableName
+			}
 			return k.SourceName, k.TableName
 		}
 	}
 	return "", route
+}
+
+// parseRoute splits any route into its source, schema and table.
+func parseRoute(route string) (source, schema, table string) {
+	if strings.HasPrefix(route, "{") {
+		var k PostgresHandlerRouteKey
+		if err := json.Unmarshal([]byte(route), &k); err == nil && k.TableName != "" {
+			if k.SchemaName != "" {
+				return k.SourceName, k.SchemaName, k.TableName
+			}
+			schema, table = splitRoute(k.TableName)
+			return k.SourceName, schema, table
+		}
+	}
+	schema, table = splitRoute(route)
+	return "", schema, table
 }
 
 // splitRoute splits "schema.table" at the first dot; a name without a dot

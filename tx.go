@@ -22,6 +22,7 @@ type TxContext struct {
 	ctx        context.Context
 	c          *change.Change
 	workerType string
+	routes     map[string]string // "schema.table" → route
 }
 
 // Context is cancelled when the worker stops without waiting for handlers.
@@ -52,7 +53,7 @@ func (t *TxContext) Len() int { return t.c.Tx.Len() }
 // read back from a temporary file, so Each may return an I/O error.
 func (t *TxContext) Each(fn func(*EventContext) error) error {
 	return t.c.Tx.Each(func(msg []byte) error {
-		ec, err := eventFromMessage(t.ctx, msg, t.c, t.workerType)
+		ec, err := eventFromMessage(t.ctx, msg, t.c, t.workerType, t.routes)
 		if err != nil {
 			return err
 		}
@@ -61,15 +62,16 @@ func (t *TxContext) Each(fn func(*EventContext) error) error {
 }
 
 // eventFromMessage rebuilds an event's context from its JSON.
-func eventFromMessage(ctx context.Context, msg []byte, tx *change.Change, workerType string) (*EventContext, error) {
+// routes maps "schema.table" to the route the table was registered with.
+func eventFromMessage(ctx context.Context, msg []byte, tx *change.Change, workerType string, routes map[string]string) (*EventContext, error) {
 	h, err := change.ParseHeader(msg)
 	if err != nil {
 		return nil, fmt.Errorf("pgcdc: transaction event is not JSON: %w", err)
 	}
 	c := &change.Change{Source: tx.Source, Schema: h.Schema, Table: h.Table, Action: h.Action,
 		EventID: h.EventID, Message: msg, LSN: tx.LSN, XID: tx.XID, CommitTime: tx.CommitTime}
-	route := h.Table
-	if h.Schema != "public" {
+	route, ok := routes[h.Schema+"."+h.Table]
+	if !ok {
 		route = h.Schema + "." + h.Table
 	}
 	return &EventContext{ctx: ctx, c: c, route: route, workerType: workerType}, nil
@@ -79,9 +81,17 @@ func eventFromMessage(ctx context.Context, msg []byte, tx *change.Change, worker
 // (routes as in Handle). A table is either handled per event (Handle) or per
 // transaction (HandleTx), not both. Only the logical capture mode groups
 // transactions.
+//
+// A worker has one transaction handler: a second call makes Serve fail
+// with ErrConfig (pass every table to one call; the transaction's events
+// say which table each is of).
 func (w *Worker) HandleTx(fn TxHandlerFunc, routes ...string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.late("HandleTx") {
+		return
+	}
+	w.txCalls++
 	w.txHandler = fn
 	w.txRoutes = append(w.txRoutes, routes...)
 }
@@ -93,9 +103,10 @@ func SetTxBufferBytes(n int64) OptionFunc {
 }
 
 // adaptTx turns a TxHandlerFunc into the dispatcher's handler.
-func (w *Worker) adaptTx(fn TxHandlerFunc) dispatch.Handler {
+// routes maps "schema.table" to each grouped table's route.
+func (w *Worker) adaptTx(fn TxHandlerFunc, routes map[string]string) dispatch.Handler {
 	wt := w.opt.workerType
 	return func(ctx context.Context, c *change.Change) error {
-		return fn(&TxContext{ctx: ctx, c: c, workerType: wt})
+		return fn(&TxContext{ctx: ctx, c: c, workerType: wt, routes: routes})
 	}
 }

@@ -26,9 +26,15 @@ type handlerConfig struct {
 	truncate      bool
 }
 
-// WithMaxGoroutines overrides SetMaxGoroutines for one route.
+// WithMaxGoroutines overrides SetMaxGoroutines for one route (1 to
+// MaxGoroutinesLimit; 0 keeps the worker's setting, as SetMaxGoroutines(0)
+// keeps the default).
 func WithMaxGoroutines(n int) HandlerOption {
-	return func(c *handlerConfig) { c.maxGoroutines = n }
+	return func(c *handlerConfig) {
+		if n != 0 {
+			c.maxGoroutines = n
+		}
+	}
 }
 
 // WithTruncate makes TRUNCATE of the route's table an event (action
@@ -78,6 +84,7 @@ type Worker struct {
 
 	txHandler TxHandlerFunc
 	txRoutes  []string
+	txCalls   int
 }
 
 // NewWorker checks the options and returns a worker. It does no I/O; every
@@ -96,18 +103,52 @@ func NewWorker(opts ...OptionFunc) (*Worker, error) {
 	return w, nil
 }
 
-// Mount registers the routes of a module (candi style).
+// Mount registers the routes of a module (candi style). Routes mounted
+// after Serve started are not served: that is logged as an error.
 func (w *Worker) Mount(m interface{ MountHandlers(*HandlerGroup) }) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.late("Mount") {
+		return
+	}
 	m.MountHandlers(&w.group)
 }
 
-// Handle registers fn for one route; see HandlerGroup.Add.
+// Handle registers fn for one route; see HandlerGroup.Add. Routes added
+// after Serve started are not served: that is logged as an error.
 func (w *Worker) Handle(route string, fn HandlerFunc, opts ...HandlerOption) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.late("Handle(" + route + ")") {
+		return
+	}
 	w.group.Add(route, fn, opts...)
+}
+
+// late reports (and logs) a registration after Serve started. Called with
+// w.mu held.
+func (w *Worker) late(what string) bool {
+	if w.state == 0 {
+		return false
+	}
+	w.opt.logger.Error("pgcdc: "+what+" called after Serve started: ignored; register every route before Serve", "worker_type", w.opt.workerType)
+	return true
+}
+
+// serving reports whether Serve started and has not returned yet.
+func (w *Worker) serving() bool {
+	w.mu.Lock()
+	started := w.state != 0 && w.sources != nil
+	w.mu.Unlock()
+	if !started {
+		return false
+	}
+	select {
+	case <-w.done:
+		return false
+	default:
+		return true
+	}
 }
 
 // Serve streams until ctx is done, Shutdown is called, or an error that
@@ -175,9 +216,12 @@ func (w *Worker) Serve(ctx context.Context) error {
 }
 
 // Shutdown stops reading, lets the handlers in flight finish, confirms the
-// position reached and makes Serve return. If ctx ends first, handlers are
-// cancelled and Shutdown returns ctx.Err(). Events not handled are
-// delivered again by the next Serve.
+// position reached and makes Serve return. If ctx ends first, the handlers'
+// contexts are cancelled and Shutdown returns ctx.Err() at once; Serve
+// returns as soon as every handler has returned, so a handler that ignores
+// its context delays Serve (never Shutdown), and its event is not
+// acknowledged: it is delivered again by the next Serve, like every event
+// not handled.
 func (w *Worker) Shutdown(ctx context.Context) error {
 	w.mu.Lock()
 	prev := w.state
@@ -195,7 +239,6 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		hard()
-		<-w.done
 		return ctx.Err()
 	}
 }
@@ -204,6 +247,9 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 // server's WAL is ahead of the position pgcdc has confirmed. It is -1 while
 // the source is not streaming, and for the trigger engine (see Backlog).
 func (w *Worker) Lag(sourceName string) int64 {
+	if !w.serving() {
+		return -1
+	}
 	w.mu.Lock()
 	s := w.sources[sourceName]
 	w.mu.Unlock()
@@ -255,11 +301,16 @@ func (w *Worker) plan() ([]logical.Config, error) {
 	if len(w.txRoutes) > 0 && w.txHandler == nil {
 		bad("HandleTx: nil transaction handler")
 	}
+	if w.txCalls > 1 {
+		bad("HandleTx called %d times: a worker has one transaction handler; pass every table to one HandleTx call (each event says which table it is of)", w.txCalls)
+	}
+	txRoutes := map[string]string{}
 	if len(w.txRoutes) > 0 && w.opt.captureMode != CaptureLogical {
 		bad("HandleTx needs SetCaptureMode(CaptureLogical): only logical replication knows transaction boundaries")
 	}
 	for _, h := range entries {
-		src, table := ParseHandlerRoute(h.route)
+		src, schema, name := parseRoute(h.route)
+		table := schema + "." + name
 		if _, ok := cfgs[src]; !ok && src == "" && len(w.opt.sources) == 1 {
 			src = w.opt.sources[0].name // plain routes go to the only source
 		}
@@ -275,7 +326,6 @@ func (w *Worker) plan() ([]logical.Config, error) {
 			bad("route %q: nil handler", h.route)
 			continue
 		}
-		schema, name := splitRoute(table)
 		if schema == "" || name == "" {
 			bad("route %q: empty schema or table name", h.route)
 			continue
@@ -292,15 +342,16 @@ func (w *Worker) plan() ([]logical.Config, error) {
 				o(&hc)
 			}
 		}
-		if hc.maxGoroutines < 1 || hc.maxRetries < 0 {
-			bad("route %q: WithMaxGoroutines must be at least 1 and WithMaxRetries not negative", h.route)
+		if hc.maxGoroutines < 1 || hc.maxGoroutines > MaxGoroutinesLimit || hc.maxRetries < 0 {
+			bad("route %q: WithMaxGoroutines must be from 1 to %d and WithMaxRetries not negative", h.route, MaxGoroutinesLimit)
 			continue
 		}
 		retry := dispatch.RetryPolicy{MaxRetries: hc.maxRetries, MinBackoff: w.opt.minRetryBackoff, MaxBackoff: w.opt.maxRetryBackoff}
 		if h.tx {
+			txRoutes[schema+"."+name] = h.route
 			cfg.Tables = append(cfg.Tables, logical.Table{Schema: schema, Table: name, Route: dispatch.Route{Name: h.route, Tx: true}})
 			if cfg.TxRoute == nil && w.txHandler != nil {
-				cfg.TxRoute = &dispatch.Route{Name: "transaction", Handler: w.adaptTx(w.txHandler), Retry: retry}
+				cfg.TxRoute = &dispatch.Route{Name: "transaction", Handler: w.adaptTx(w.txHandler, txRoutes), Retry: retry}
 				cfg.TxBufferBytes = w.opt.txBufferBytes
 			}
 			continue

@@ -128,13 +128,24 @@ type Dispatcher struct {
 
 type table struct {
 	route Route
-	lanes []*lane
+	// lanes are made on first use (see lane), so a route with many lanes
+	// and few keys costs only what it uses.
+	lanes  []*lane
+	laneMu sync.Mutex // guards making lanes
 	// cost is a moving average of the handler's run time in nanoseconds;
 	// only handlers cheaper than directMax run on the sender's goroutine.
 	cost atomic.Int64
+	// timed counts the runs timed so far. A handler runs on the sender's
+	// goroutine only once provenRuns runs on its lanes showed it fast: a
+	// slow first call must not hold up the stream.
+	timed atomic.Int64
 	// direct counts the runs on the sender's goroutine (used by Send only).
 	direct uint64
 }
+
+// provenRuns is how many timed runs a handler needs before it may run on
+// the sender's goroutine.
+const provenRuns = 4
 
 // directMax is the average run time below which a handler runs on the
 // sender's goroutine when its lane is idle. A slower handler would hold up
@@ -142,8 +153,18 @@ type table struct {
 const directMax = 50 * time.Microsecond
 
 func (t *table) observe(d time.Duration) {
+	if t.timed.Add(1) == 1 {
+		t.cost.Store(int64(d))
+		return
+	}
 	old := t.cost.Load()
 	t.cost.Store(old + (int64(d)-old)/8)
+}
+
+// fast reports whether the handler has shown itself cheap enough to run on
+// the sender's goroutine.
+func (t *table) fast() bool {
+	return t.timed.Load() >= provenRuns && time.Duration(t.cost.Load()) < directMax
 }
 
 // lane is one handler goroutine's queue.
@@ -178,11 +199,7 @@ func (d *Dispatcher) Add(schema, tableName string, r Route) {
 	if r.Lanes < 1 {
 		r.Lanes = 1
 	}
-	t := &table{route: r, lanes: make([]*lane, r.Lanes)}
-	for i := range t.lanes {
-		t.lanes[i] = &lane{ch: make(chan item, d.cfg.QueueSize)}
-	}
-	d.tables[schema+"."+tableName] = t
+	d.tables[schema+"."+tableName] = &table{route: r, lanes: make([]*lane, r.Lanes)}
 }
 
 // Handles reports whether a route is registered for the table.
@@ -224,7 +241,26 @@ func (d *Dispatcher) route(c *change.Change) (*table, *lane) {
 	if !ok {
 		return nil, nil
 	}
-	return t, t.lanes[c.PartKey%uint64(len(t.lanes))]
+	return t, d.lane(t, int(c.PartKey%uint64(len(t.lanes))))
+}
+
+// lane returns lane i of t, making it (and starting its goroutine) on
+// first use. A lane's queue holds QueueSize changes shared among the
+// table's lanes (at least 64 each): many lanes do not multiply the memory
+// a table may queue.
+func (d *Dispatcher) lane(t *table, i int) *lane {
+	t.laneMu.Lock()
+	defer t.laneMu.Unlock()
+	if l := t.lanes[i]; l != nil {
+		return l
+	}
+	l := &lane{ch: make(chan item, max(64, d.cfg.QueueSize/len(t.lanes)))}
+	t.lanes[i] = l
+	if !t.route.Tx {
+		d.wg.Add(1)
+		go d.run(d.ctx, t, l)
+	}
+	return l
 }
 
 // Send hands a change to its handler: on the caller's goroutine when the
@@ -246,7 +282,7 @@ func (d *Dispatcher) Send(ctx context.Context, c *change.Change, idle func() err
 	if err := ctx.Err(); err != nil {
 		return true, err // the sender is stopping: the change stays unresolved
 	}
-	if !t.route.Tx && time.Duration(t.cost.Load()) < directMax && l.n.CompareAndSwap(0, 1) {
+	if !t.route.Tx && t.fast() && l.n.CompareAndSwap(0, 1) {
 		return true, d.direct(t, l, c, idle)
 	}
 	return true, d.enqueue(ctx, l, item{c: c}, idle)
@@ -347,21 +383,12 @@ func (d *Dispatcher) release(c *change.Change) {
 	}
 }
 
-// Start launches the lane goroutines. Handlers run with ctx; cancel it to
-// abort them.
+// Start readies the dispatcher; lane goroutines start on first use.
+// Handlers run with ctx; cancel it to abort them.
 func (d *Dispatcher) Start(ctx context.Context) {
 	d.started = true
 	d.ctx = ctx
 	d.waits, d.stopWaits = context.WithCancel(ctx)
-	for _, t := range d.tables {
-		if t.route.Tx {
-			continue // grouped: handled through the transaction route
-		}
-		for _, l := range t.lanes {
-			d.wg.Add(1)
-			go d.run(ctx, t, l)
-		}
-	}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -378,9 +405,15 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 			d.stopWaits()
 		}
 		for _, t := range d.tables {
-			for _, l := range t.lanes {
+			t.laneMu.Lock()
+			for i, l := range t.lanes {
+				if l == nil { // never used: a closed lane stops late senders
+					l = &lane{ch: make(chan item)}
+					t.lanes[i] = l
+				}
 				close(l.ch)
 			}
+			t.laneMu.Unlock()
 		}
 	}
 	done := make(chan struct{})

@@ -124,11 +124,25 @@ func change1(key uint64, res *counter) *change.Change {
 	return &change.Change{Schema: "public", Table: "t", PartKey: key, Pos: res, EventID: "e"}
 }
 
+// prove sends provenRuns changes, which run on the lanes, and waits until
+// they are resolved: the handler is then known to be fast.
+func prove(t *testing.T, d *Dispatcher, res *counter) {
+	t.Helper()
+	for range provenRuns {
+		if _, err := d.Send(context.Background(), change1(1, res), noIdle); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, func() bool { return res.n.Load() == provenRuns })
+	res.n.Store(0)
+}
+
 // A fast handler whose lane is idle runs on the sender's goroutine: the
 // change is resolved when Send returns.
 func TestFastHandlerRunsOnSender(t *testing.T) {
 	res := &counter{}
 	d := newTestDispatcher(t, Route{Name: "t", Handler: func(context.Context, *change.Change) error { return nil }})
+	prove(t, d, res)
 	for i := 1; i <= 100; i++ {
 		if _, err := d.Send(context.Background(), change1(1, res), noIdle); err != nil {
 			t.Fatal(err)
@@ -137,6 +151,39 @@ func TestFastHandlerRunsOnSender(t *testing.T) {
 			t.Fatalf("after Send %d: %d resolved; want the change handled on the sender", i, got)
 		}
 	}
+}
+
+// A handler's first calls run on its lanes: a slow first call of one table
+// does not hold up the sender (and so the other tables).
+func TestFirstCallsRunOnLanes(t *testing.T) {
+	res := &counter{}
+	release := make(chan struct{})
+	d := New(Config{Logger: slog.New(slog.DiscardHandler)})
+	d.Add("public", "a", Route{Name: "a", Handler: func(context.Context, *change.Change) error {
+		<-release
+		return nil
+	}})
+	d.Add("public", "b", Route{Name: "b", Handler: func(context.Context, *change.Change) error { return nil }})
+	d.Start(context.Background())
+	defer func() { _ = d.Stop(context.Background()) }()
+	defer close(release)
+	done := make(chan error, 1)
+	go func() {
+		_, err := d.Send(context.Background(), &change.Change{Schema: "public", Table: "a", Pos: res}, noIdle)
+		if err == nil {
+			_, err = d.Send(context.Background(), &change.Change{Schema: "public", Table: "b", Pos: res}, noIdle)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a blocking first call of table a held up the sender")
+	}
+	waitFor(t, func() bool { return res.n.Load() == 1 }) // b's change, handled on its lane
 }
 
 // A slow handler is not run on the sender: once seen to be slow, Send only
@@ -220,13 +267,18 @@ func TestIdleCalledDuringLongDirectHandler(t *testing.T) {
 	res := &counter{}
 	called := make(chan struct{})
 	var once sync.Once
+	var calls atomic.Int32
 	d := newTestDispatcher(t, Route{Name: "t", Handler: func(ctx context.Context, _ *change.Change) error {
+		if calls.Add(1) <= provenRuns {
+			return nil
+		}
 		select {
 		case <-called:
 		case <-time.After(30 * time.Second):
 		}
 		return nil
 	}})
+	prove(t, d, res)
 	start := time.Now()
 	if _, err := d.Send(context.Background(), change1(1, res), func() error {
 		once.Do(func() { close(called) })

@@ -19,6 +19,9 @@ var (
 	// ErrSlotLost means the replication slot disappeared or lost WAL that had
 	// not been confirmed: changes may have been missed.
 	ErrSlotLost = errors.New("pgcdc: replication slot lost")
+	// ErrDecode means a message of the replication stream cannot be
+	// decoded; the server would send it again after a reconnect.
+	ErrDecode = errors.New("pgcdc: cannot decode the replication stream")
 )
 
 // Fatal wraps an error that reconnecting cannot fix: the engine stops and

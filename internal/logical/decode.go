@@ -5,9 +5,12 @@ import (
 	"crypto/md5"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -31,10 +34,11 @@ type relation struct {
 }
 
 type column struct {
-	name  string
-	key   []byte // "name": ready to append
-	typ   uint32
-	ident bool // part of the replica identity key
+	name   string
+	key    []byte // "name": ready to append
+	typ    uint32
+	ident  bool // part of the replica identity key
+	warned bool // invalid UTF-8 reported (SQL_ASCII databases)
 }
 
 // decoder turns pgoutput row messages into events. It holds the relation
@@ -67,7 +71,19 @@ func (d *decoder) relation(ctx context.Context, pool *pgxpool.Pool, m *pglogrepl
 		oids[i] = c.DataType
 	}
 	d.s.types.Forget(oids...) // a type may have changed (ALTER TYPE): learn it again
-	if err := d.s.types.Resolve(ctx, pool, oids...); err != nil {
+	if err := d.s.types.Resolve(ctx, pool, oids...); errors.Is(err, rowjson.ErrUnknownType) {
+		// The type was dropped (or altered away) after the change was
+		// written: pgoutput still sends the value's text, so deliver it as
+		// a JSON string rather than stop the stream.
+		for _, o := range d.s.types.AssumeText(oids...) {
+			for _, c := range m.Columns {
+				if c.DataType == o {
+					d.s.cfg.Logger.Warn("pgcdc: column type no longer exists; delivering its values as JSON strings of their text",
+						"source", d.s.cfg.Name, "table", m.Namespace+"."+m.RelationName, "column", c.Name, "type_oid", o)
+				}
+			}
+		}
+	} else if err != nil {
 		return fmt.Errorf("source %s: resolving column types of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
 	}
 	rows, err := pool.Query(ctx, `SELECT a.attname FROM pg_index i
@@ -322,6 +338,9 @@ func (d *decoder) appendRow(b []byte, r *relation, t, fallback *pglogrepl.TupleD
 		case pglogrepl.TupleDataTypeNull:
 			b = append(b, "null"...)
 		case pglogrepl.TupleDataTypeText:
+			if d.s.sqlASCII && !utf8.Valid(data) {
+				data = d.invalidUTF8(r, rc, data)
+			}
 			out, err := d.s.types.AppendValue(b, rc.typ, data)
 			if err != nil {
 				d.s.cfg.Logger.Error("pgcdc: cannot render value; delivering its text as a string",
@@ -334,6 +353,18 @@ func (d *decoder) appendRow(b []byte, r *relation, t, fallback *pglogrepl.TupleD
 		}
 	}
 	return append(b, '}')
+}
+
+// invalidUTF8 replaces the bytes of a SQL_ASCII database's value that are
+// not UTF-8 with U+FFFD (events are UTF-8 JSON), and says so once per
+// column.
+func (d *decoder) invalidUTF8(r *relation, rc *column, data []byte) []byte {
+	if !rc.warned {
+		rc.warned = true
+		d.s.cfg.Logger.Warn("pgcdc: SQL_ASCII database holds a value that is not UTF-8; its invalid bytes are delivered as U+FFFD",
+			"source", d.s.cfg.Name, "table", r.schema+"."+r.name, "column", rc.name, "lsn", d.commitLSN)
+	}
+	return []byte(strings.ToValidUTF8(string(data), "\uFFFD"))
 }
 
 // parse decodes one pgoutput message. pglogrepl panics on some malformed

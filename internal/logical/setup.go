@@ -29,16 +29,21 @@ func fatalf(sentinel error, format string, args ...any) error {
 
 // check verifies, before anything is created, that the server and the
 // tables allow logical capture, and says what to change when they do not.
+// A routed table that existed in an earlier session of this Run and is gone
+// now is reported (logged, and passed to OnError) and left out, so the
+// other tables keep streaming; at the first session it is an error.
 func (s *Source) check(ctx context.Context, pool *pgxpool.Pool) error {
-	var walLevel, user, db string
+	var walLevel, user, db, encoding string
 	var canReplicate bool
 	err := pool.QueryRow(ctx, `SELECT current_setting('wal_level'), current_user, current_database(),
-		(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)`).
-		Scan(&walLevel, &user, &db, &canReplicate)
+		(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
+		current_setting('server_encoding')`).
+		Scan(&walLevel, &user, &db, &canReplicate, &encoding)
 	if err != nil {
 		return fmt.Errorf("source %s: checking server settings: %w", s.label(), err)
 	}
 	s.database = db
+	s.sqlASCII = encoding == "SQL_ASCII"
 	if walLevel != "logical" {
 		return fatalf(errs.ErrWALLevel, "source %s: the server runs with wal_level=%s; logical replication needs wal_level=logical: run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL (or use the trigger capture mode)", s.label(), walLevel)
 	}
@@ -46,55 +51,150 @@ func (s *Source) check(ctx context.Context, pool *pgxpool.Pool) error {
 		return fatalf(errs.ErrPrivilege, "source %s: role %q has no REPLICATION privilege: run ALTER ROLE %s WITH REPLICATION as a superuser", s.label(), user, pgident.Quote(user))
 	}
 	var problems []error
+	prev := s.tables
 	s.tables = map[string]tableInfo{}
+	s.live = s.live[:0]
 	for _, t := range s.cfg.Tables {
+		qname := pgident.Qualified(t.Schema, t.Table)
+		if reason := catalogSchema(t.Schema); reason != "" {
+			problems = append(problems, fatalf(errs.ErrConfig, "source %s: route %q: %s is %s: only user tables can be captured", s.label(), t.Route.Name, qname, reason))
+			continue
+		}
 		var ti tableInfo
-		var ident string
-		err := pool.QueryRow(ctx, `SELECT c.oid, c.relreplident::text,
+		var ident, kind string
+		err := pool.QueryRow(ctx, `SELECT c.oid, c.relreplident::text, c.relkind::text,
 				EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
 			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, t.Schema, t.Table).
-			Scan(&ti.oid, &ident, &ti.hasPK)
+			WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Table).
+			Scan(&ti.oid, &ident, &kind, &ti.hasPK)
 		if errors.Is(err, pgx.ErrNoRows) {
-			problems = append(problems, fatalf(errs.ErrTableNotFound, "source %s: route %q: table %s does not exist in database %q (names are case-sensitive, as stored in the catalog)", s.label(), t.Route.Name, pgident.Qualified(t.Schema, t.Table), db))
+			if _, had := prev[t.Schema+"."+t.Table]; had {
+				gone := fmt.Errorf("%w: source %s: route %q: table %s was dropped (or renamed) while pgcdc streamed it; the other tables keep streaming; remove the route, or recreate the table and restart", errs.ErrTableNotFound, s.label(), t.Route.Name, qname)
+				s.cfg.Logger.Error("pgcdc: routed table is gone; streaming the others", "source", s.cfg.Name, "route", t.Route.Name, "error", gone)
+				if s.cfg.OnError != nil {
+					s.cfg.OnError(gone)
+				}
+				continue
+			}
+			problems = append(problems, fatalf(errs.ErrTableNotFound, "source %s: route %q: table %s does not exist in database %q (names are case-sensitive, as stored in the catalog)", s.label(), t.Route.Name, qname, db))
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("source %s: looking up table %s: %w", s.label(), pgident.Qualified(t.Schema, t.Table), err)
+			return fmt.Errorf("source %s: looking up table %s: %w", s.label(), qname, err)
+		}
+		if kind != "r" && kind != "p" {
+			problems = append(problems, fatalf(errs.ErrConfig, "source %s: route %q: %s is %s, not a table: only tables (plain or partitioned) can be captured", s.label(), t.Route.Name, qname, relkindName(kind)))
+			continue
 		}
 		ti.identity = ident[0]
 		if ti.identity == 'n' || (ti.identity == 'd' && !ti.hasPK) {
-			problems = append(problems, fatalf(errs.ErrNoReplicaIdentity, "source %s: table %s has no primary key and no replica identity, so PostgreSQL would reject its UPDATEs and DELETEs once it is published: add a primary key or run ALTER TABLE %s REPLICA IDENTITY FULL", s.label(), pgident.Qualified(t.Schema, t.Table), pgident.Qualified(t.Schema, t.Table)))
+			problems = append(problems, fatalf(errs.ErrNoReplicaIdentity, "source %s: table %s has no primary key and no replica identity, so PostgreSQL would reject its UPDATEs and DELETEs once it is published: add a primary key or run ALTER TABLE %s REPLICA IDENTITY FULL", s.label(), qname, qname))
 			continue
 		}
 		s.tables[t.Schema+"."+t.Table] = ti
+		s.live = append(s.live, t)
+	}
+	if len(problems) == 0 {
+		problems = append(problems, s.checkPartitions(ctx, pool))
+	}
+	if len(problems) == 0 && len(s.live) == 0 {
+		return fatalf(errs.ErrTableNotFound, "source %s: every routed table is gone", s.label())
 	}
 	return errors.Join(problems...)
 }
 
+// checkPartitions refuses routes to a partitioned table and one of its
+// partitions at once: the publication publishes partitions through their
+// root (publish_via_partition_root), so the partition's route would get
+// nothing.
+func (s *Source) checkPartitions(ctx context.Context, pool *pgxpool.Pool) error {
+	byOID := map[uint32]string{}
+	for key, ti := range s.tables {
+		byOID[ti.oid] = key
+	}
+	var problems []error
+	for key, ti := range s.tables {
+		rows, err := pool.Query(ctx, `SELECT relid::oid FROM pg_partition_ancestors($1::oid) WHERE relid <> $1::oid`, ti.oid)
+		if err != nil {
+			return fmt.Errorf("source %s: reading partition ancestors of %s: %w", s.label(), key, err)
+		}
+		anc, err := pgx.CollectRows(rows, pgx.RowTo[uint32])
+		if err != nil {
+			return fmt.Errorf("source %s: reading partition ancestors of %s: %w", s.label(), key, err)
+		}
+		for _, a := range anc {
+			if parent, ok := byOID[a]; ok {
+				problems = append(problems, fatalf(errs.ErrConfig, "source %s: %s is a partition of %s and both are routed: the changes of a partition are delivered to its partitioned table's route (with \"table\" naming the partitioned table); route only one of them", s.label(), key, parent))
+			}
+		}
+	}
+	return errors.Join(problems...)
+}
+
+// catalogSchema says why a schema cannot hold capturable tables ("" if it
+// can).
+func catalogSchema(schema string) string {
+	switch {
+	case schema == "pg_catalog" || schema == "information_schema":
+		return "a system catalog"
+	case strings.HasPrefix(schema, "pg_toast"), strings.HasPrefix(schema, "pg_temp"):
+		return "an internal table"
+	}
+	return ""
+}
+
+// relkindName names a pg_class.relkind for error messages.
+func relkindName(kind string) string {
+	switch kind {
+	case "v":
+		return "a view"
+	case "m":
+		return "a materialized view"
+	case "S":
+		return "a sequence"
+	case "c":
+		return "a composite type"
+	case "f":
+		return "a foreign table"
+	case "i", "I":
+		return "an index"
+	case "t":
+		return "a TOAST table"
+	}
+	return fmt.Sprintf("a relation of kind %q", kind)
+}
+
 // ensurePublication creates the publication for the routed tables, or
-// brings an existing one to exactly that set.
+// brings an existing one to exactly that set. Partitioned tables publish
+// their partitions' changes under their own name (publish_via_partition_root),
+// so partitions attached later are followed. While another process streams
+// the slot, a publication with other tables belongs to another worker of
+// the same type: that is refused rather than changed under it.
 func (s *Source) ensurePublication(ctx context.Context, pool *pgxpool.Pool) error {
-	want := make([]string, 0, len(s.cfg.Tables))
-	for _, t := range s.cfg.Tables {
+	want := make([]string, 0, len(s.live))
+	for _, t := range s.live {
 		want = append(want, pgident.Qualified(t.Schema, t.Table))
 	}
 	slices.Sort(want)
 	list := strings.Join(want, ", ")
 	name := pgident.Quote(s.cfg.Publication)
 
-	var exists bool
-	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, s.cfg.Publication).Scan(&exists); err != nil {
+	var exists, viaRoot bool
+	err := pool.QueryRow(ctx, `SELECT true, pubviaroot FROM pg_publication WHERE pubname = $1`, s.cfg.Publication).Scan(&exists, &viaRoot)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("source %s: looking up publication: %w", s.label(), err)
 	}
 	if !exists {
-		if _, err := pool.Exec(ctx, "CREATE PUBLICATION "+name+" FOR TABLE "+list); err != nil {
+		if _, err := pool.Exec(ctx, "CREATE PUBLICATION "+name+" FOR TABLE "+list+" WITH (publish_via_partition_root = true)"); err != nil {
 			return s.privilegeHint(fmt.Errorf("source %s: creating publication %s: %w", s.label(), name, err))
 		}
 		s.cfg.Logger.Info("pgcdc: created publication", "source", s.cfg.Name, "publication", s.cfg.Publication, "tables", list)
 		return nil
 	}
-	rows, err := pool.Query(ctx, `SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1`, s.cfg.Publication)
+	rows, err := pool.Query(ctx, `SELECT n.nspname, c.relname FROM pg_publication_rel pr
+		JOIN pg_publication p ON p.oid = pr.prpubid
+		JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.pubname = $1`, s.cfg.Publication)
 	if err != nil {
 		return fmt.Errorf("source %s: reading publication: %w", s.label(), err)
 	}
@@ -107,8 +207,21 @@ func (s *Source) ensurePublication(ctx context.Context, pool *pgxpool.Pool) erro
 		return fmt.Errorf("source %s: reading publication: %w", s.label(), err)
 	}
 	slices.Sort(have)
+	if !viaRoot {
+		if _, err := pool.Exec(ctx, "ALTER PUBLICATION "+name+" SET (publish_via_partition_root = true)"); err != nil {
+			return s.privilegeHint(fmt.Errorf("source %s: updating publication %s: %w", s.label(), name, err))
+		}
+	}
 	if slices.Equal(have, want) {
 		return nil
+	}
+	var active bool
+	err = pool.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&active)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("source %s: reading replication slot: %w", s.label(), err)
+	}
+	if active {
+		return fatalf(errs.ErrConfig, "source %s: another process streams slot %q for a worker of the same type with other routes (its publication %s has tables %s; this worker routes %s): give each set of routes its own SetWorkerType, or stop the other worker first when its routes are being changed", s.label(), s.cfg.Slot, name, strings.Join(have, ", "), list)
 	}
 	if _, err := pool.Exec(ctx, "ALTER PUBLICATION "+name+" SET TABLE "+list); err != nil {
 		return s.privilegeHint(fmt.Errorf("source %s: updating publication %s: %w", s.label(), name, err))

@@ -71,12 +71,14 @@ type Source struct {
 	database string
 	sourceID string // system identifier + database: part of every event_id
 	tables   map[string]tableInfo
+	live     []Table // the routed tables that exist (see check)
+	sqlASCII bool    // server_encoding SQL_ASCII: text may hold any bytes
 	hadSlot  bool
 	types    *rowjson.Types
 	tracker  *checkpoint.Tracker
 	disp     *dispatch.Dispatcher
 	lag      atomic.Int64
-	streamed bool // the current session got as far as streaming
+	streamed time.Time // when the current session started streaming (zero: it did not)
 }
 
 // New returns a source; Run starts it.
@@ -118,11 +120,13 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 
 	wait := backoff.Backoff{Min: s.cfg.MinReconnect, Max: s.cfg.MaxReconnect}
 	for {
-		s.streamed = false
+		s.streamed = time.Time{}
 		err := s.session(ctx, readCtx)
-		if s.streamed {
-			// A session that streamed was a success: the next failure is a
-			// new one and starts again from the shortest wait.
+		if !s.streamed.IsZero() && time.Since(s.streamed) >= max(s.cfg.MaxReconnect, time.Second) {
+			// A session that streamed for a while was a success: the next
+			// failure is a new one and starts again from the shortest wait.
+			// One that fails right after it started streaming keeps
+			// backing off.
 			wait.Reset()
 		}
 		if readCtx.Err() != nil {
@@ -170,6 +174,12 @@ func (s *Source) connConfig(replication bool) (*pgconn.Config, error) {
 	}
 	if replication {
 		cfg.RuntimeParams["replication"] = "database"
+		if s.sqlASCII {
+			// The server cannot convert SQL_ASCII text, which may hold any
+			// bytes, to UTF8: take it as it is; the decoder replaces what
+			// is not UTF-8 (see decoder.text).
+			cfg.RuntimeParams["client_encoding"] = "SQL_ASCII"
+		}
 		// The stream's many small reads skip the runtime's system-call
 		// bookkeeping (see internal/rawread): half the CPU of a live stream.
 		dial := cfg.DialFunc
@@ -290,7 +300,7 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 	if err := s.startDispatcher(ctx, pool); err != nil {
 		return err
 	}
-	s.streamed = true
+	s.streamed = time.Now()
 	s.cfg.Logger.Info("pgcdc: streaming", "source", s.cfg.Name, "slot", s.cfg.Slot, "from", start)
 
 	st := &stream{s: s, conn: conn, pool: pool, dec: newDecoder(s), tracker: s.tracker}
@@ -336,11 +346,11 @@ func (s *Source) startDispatcher(ctx context.Context, pool *pgxpool.Pool) error 
 // is confirmed if the connection still works. The next session resumes from
 // that position, so nothing unresolved is skipped.
 func (s *Source) finish(ctx, readCtx context.Context, conn *pgconn.PgConn, cause error) error {
-	stopCtx := ctx
-	if ctx.Err() != nil {
-		stopCtx = context.Background()
+	if s.disp.Stop(ctx) != nil {
+		// ctx ended meanwhile: the handlers are cancelled; wait for them
+		// all the same, so that no handler outlives Run.
+		_ = s.disp.Stop(context.Background())
 	}
-	_ = s.disp.Stop(stopCtx)
 	s.disp = nil
 	if !conn.IsClosed() {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

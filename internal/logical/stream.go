@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgcdc/pgcdc/internal/change"
 	"github.com/pgcdc/pgcdc/internal/checkpoint"
+	"github.com/pgcdc/pgcdc/internal/errs"
 	"github.com/pgcdc/pgcdc/internal/txbuf"
 )
 
@@ -145,7 +146,7 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 	}
 	msg, err := parse(data, st.inStream)
 	if err != nil {
-		return fmt.Errorf("source %s: decoding pgoutput: %w", st.s.label(), err)
+		return st.undecodable(err)
 	}
 	if ok, err := st.streamMessage(ctx, msg); ok {
 		return err
@@ -172,11 +173,18 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 	return nil
 }
 
+// undecodable stops the source: the server sends the same message again
+// after a reconnect, so retrying cannot help.
+func (st *stream) undecodable(err error) error {
+	return &errs.Fatal{Err: fmt.Errorf("%w: source %s: pgoutput message in the WAL before %s: %v (nothing after it was confirmed; report this with the server version)",
+		errs.ErrDecode, st.s.label(), st.received, err)}
+}
+
 // row handles an Insert, Update or Delete message.
 func (st *stream) row(ctx context.Context, data []byte) error {
 	m := &st.rowMsg
 	if err := m.parse(data, st.inStream); err != nil {
-		return fmt.Errorf("source %s: decoding pgoutput: %w", st.s.label(), err)
+		return st.undecodable(err)
 	}
 	if st.inStream {
 		rec, err := st.dec.record(m)

@@ -23,29 +23,41 @@ const MaxLen = 63
 
 // SlotName builds a replication slot or publication name from parts: lower
 // case letters, digits and underscores only (what slot names allow), joined
-// by '_'. A name longer than MaxLen is cut and ends with a hash of the whole.
+// by '_'. When a part had to be changed (upper case, other characters) or
+// the name is longer than MaxLen, it is cut if need be and ends with a hash
+// of the parts as given, so different parts never share a name.
 func SlotName(parts ...string) string {
 	var b strings.Builder
+	changed := false
 	for i, p := range parts {
 		if i > 0 {
 			b.WriteByte('_')
 		}
-		for _, r := range strings.ToLower(p) {
+		for _, r := range p {
 			switch {
 			case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '_':
 				b.WriteRune(r)
+			case r >= 'A' && r <= 'Z':
+				b.WriteRune(r + 'a' - 'A')
+				changed = true
 			default:
 				b.WriteByte('_')
+				changed = true
 			}
 		}
 	}
 	s := b.String()
-	if len(s) <= MaxLen {
+	if !changed && len(s) <= MaxLen {
 		return s
 	}
-	sum := md5.Sum([]byte(s))
+	// The name had to be changed: a hash of the parts as given keeps two
+	// names that normalise alike ("Billing-Sync", "billing_sync") apart.
+	sum := md5.Sum([]byte(strings.Join(parts, "\x00")))
 	h := hex.EncodeToString(sum[:4])
-	return s[:MaxLen-len(h)-1] + "_" + h
+	if n := MaxLen - len(h) - 1; len(s) > n {
+		s = s[:n]
+	}
+	return s + "_" + h
 }
 
 // Literal returns s as a quoted SQL string literal ('it”s').

@@ -233,6 +233,34 @@ func (t *Types) Resolve(ctx context.Context, q Querier, oids ...uint32) error {
 	return t.load(ctx, q, missing, m, true)
 }
 
+// AssumeText makes every given OID that Resolve could not learn (its type,
+// or one it depends on, is no longer in pg_type: dropped while changes
+// made with it still wait in the WAL) render as a JSON string of its text,
+// and returns those OIDs. Known types are left alone.
+func (t *Types) AssumeText(oids ...uint32) []uint32 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var unknown []uint32
+	for _, o := range oids {
+		if !t.knownDeep(o, 0) {
+			unknown = append(unknown, o)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	old := *t.user.Load()
+	m := make(map[uint32]*TypeInfo, len(old)+len(unknown))
+	for k, v := range old {
+		m[k] = v
+	}
+	for _, o := range unknown {
+		m[o] = &TypeInfo{OID: o, Name: "unknown", Kind: KindOther}
+	}
+	t.user.Store(&m)
+	return unknown
+}
+
 // known reports whether all oids, and the types they depend on, are cached.
 func (t *Types) known(oids []uint32) bool {
 	for _, o := range oids {
