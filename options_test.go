@@ -88,12 +88,55 @@ func TestParseHandlerRoute(t *testing.T) {
 }
 
 func TestSlotNames(t *testing.T) {
-	w, err := pgcdc.NewWorker(pgcdc.SetPostgresDSN("postgres://x/db"), pgcdc.AddPostgresDSN("Billing DB", "postgres://x/db"), pgcdc.SetWorkerType("orders-svc"))
+	w, err := pgcdc.NewWorker(pgcdc.SetPostgresDSN("postgres://x/db"), pgcdc.AddPostgresDSN("Billing DB", "postgres://x/db"), pgcdc.SetWorkerType("orders_svc"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := w.Sources()
-	if got[0].Slot != "pgcdc_orders_svc_default" || got[1].Slot != "pgcdc_orders_svc_billing_db" {
+	if got[0].Slot != "pgcdc_orders_svc_default" || !strings.HasPrefix(got[1].Slot, "pgcdc_orders_svc_billing_db_") {
 		t.Fatalf("slots = %+v", got)
+	}
+	// Worker types that normalise alike never share a slot.
+	seen := map[string]string{}
+	for _, wt := range []string{"Billing-Sync", "billing_sync", "billing-sync", "BILLING_SYNC", "billing.sync"} {
+		w, err := pgcdc.NewWorker(pgcdc.SetPostgresDSN("postgres://x/db"), pgcdc.SetWorkerType(wt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		slot := w.Sources()[0].Slot
+		if prev, dup := seen[slot]; dup {
+			t.Fatalf("worker types %q and %q share slot %q", prev, wt, slot)
+		}
+		if len(slot) > 63 {
+			t.Fatalf("slot %q is longer than 63 bytes", slot)
+		}
+		seen[slot] = wt
+	}
+}
+
+func TestOptionLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []pgcdc.OptionFunc
+		want string
+	}{
+		{"dead letter table without name", []pgcdc.OptionFunc{pgcdc.SetDeadLetterTable("audit.")}, "SetDeadLetterTable"},
+		{"absurd goroutines", []pgcdc.OptionFunc{pgcdc.SetMaxGoroutines(100000)}, "SetMaxGoroutines(100000)"},
+	} {
+		_, err := pgcdc.NewWorker(append([]pgcdc.OptionFunc{pgcdc.SetPostgresDSN("postgres://x/db")}, tc.opts...)...)
+		if !errors.Is(err, pgcdc.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want ErrConfig naming %s", tc.name, err, tc.want)
+		}
+	}
+	if _, err := pgcdc.NewWorker(pgcdc.SetPostgresDSN("postgres://x/db"), pgcdc.SetMaxGoroutines(0)); err != nil {
+		t.Errorf("SetMaxGoroutines(0) (the default): %v", err)
+	}
+}
+
+func TestCreateTableRoute(t *testing.T) {
+	r := pgcdc.CreateTableRoute("", "my.schema", "t")
+	src, table := pgcdc.ParseHandlerRoute(r)
+	if src != "" || table != "my.schema.t" {
+		t.Fatalf("ParseHandlerRoute(%s) = %q, %q", r, src, table)
 	}
 }
