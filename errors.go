@@ -33,10 +33,16 @@ var (
 )
 
 // HandlerError is the error stored with a dead-lettered event: which route
-// failed on which event, wrapping the handler's last error.
+// failed on which event, wrapping the handler's last error. Its fields are
+// Route (the route as registered), EventID (the event's event_id) and Err
+// (the handler's last error, also returned by Unwrap); test for it with
+// errors.As.
 type HandlerError = dispatch.HandlerError
 
-// PanicError is the error a panicking handler is turned into.
+// PanicError is the error a panicking handler is turned into: Value is
+// what the handler panicked with and Stack the goroutine's stack at the
+// panic. A handler's panic never crashes the worker; it is retried and
+// dead-lettered like a returned error.
 type PanicError = dispatch.PanicError
 
 // Permanent marks a handler error that retrying cannot fix (a rejected

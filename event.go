@@ -26,7 +26,8 @@ type EventPayload struct {
 	EventID string `json:"event_id"`
 	// Table is the table name, without schema.
 	Table string `json:"table"`
-	// Action is ActionInsert, ActionUpdate or ActionDelete.
+	// Action is ActionInsert, ActionUpdate, ActionDelete, or ActionTruncate
+	// for routes that opted in (WithTruncate).
 	Action string `json:"action"`
 	// Data holds the row before and after the change.
 	Data EventPayloadData `json:"data"`
@@ -44,6 +45,10 @@ type EventPayload struct {
 	// large (TOASTed) value did not change and the old row was not available
 	// (see the README, "TOAST").
 	UnchangedToast []string `json:"unchanged_toast,omitempty"`
+	// OmittedGenerated lists the table's generated columns that are not in
+	// Data: PostgreSQL before version 18 does not publish them to logical
+	// replication (the trigger capture mode has them).
+	OmittedGenerated []string `json:"omitted_generated,omitempty"`
 }
 
 // EventPayloadData holds the old and new rows, as JSON objects exactly as
@@ -68,7 +73,9 @@ func decodeRow(raw json.RawMessage, v any) error {
 	return json.Unmarshal(raw, v)
 }
 
-// PostgresSource describes the source an event came from.
+// PostgresSource describes a configured source (Worker.Sources): its name
+// and the replication slot and publication the logical capture mode uses
+// for it (they exist once the worker has streamed the source).
 type PostgresSource struct {
 	// Name is the source name given to AddPostgresDSN ("" for SetPostgresDSN).
 	Name string

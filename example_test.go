@@ -83,6 +83,6 @@ func ExampleNewWorker_validation() {
 	// Output:
 	// true
 	// pgcdc: invalid configuration: no source: give SetPostgresDSN or AddPostgresDSN
-	// pgcdc: invalid configuration: SetMaxGoroutines(-1): must be at least 1
+	// pgcdc: invalid configuration: SetMaxGoroutines(-1): must be from 1 to 1024 (0 means the default, 1)
 	// pgcdc: invalid configuration: SetMaxRetries(-2): must not be negative
 }

@@ -162,7 +162,7 @@ func queryStrings(t *testing.T, dsn, sql string, args ...any) []string {
 // waitSlotConfirmed waits until the slot's confirmed_flush_lsn reaches lsn.
 func waitSlotConfirmed(t *testing.T, dsn, slot, lsn string) {
 	t.Helper()
-	waitQuery(t, dsn, `SELECT coalesce((SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1), false)`, slot, lsn)
+	waitQuery(t, dsn, `SELECT coalesce((SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()), false)`, slot, lsn)
 }
 
 func newWorker(t *testing.T, opts ...pgcdc.OptionFunc) *pgcdc.Worker {

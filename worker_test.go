@@ -22,7 +22,7 @@ import (
 // reached a consistent point, so later commits are captured) and is read.
 func waitStreaming(t *testing.T, dsn, slot string) {
 	t.Helper()
-	waitQuery(t, dsn, `SELECT coalesce((SELECT active AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1), false)`, slot)
+	waitQuery(t, dsn, `SELECT coalesce((SELECT active AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()), false)`, slot)
 }
 
 const defaultSlot = "pgcdc_postgres_listener_default"

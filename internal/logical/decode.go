@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +32,7 @@ type relation struct {
 	cols         []column
 	partIdx      []int // primary key columns: the partition key
 	routeKey     string
+	omittedJSON  []byte // `,"omitted_generated":[...]`: generated columns not published
 }
 
 type column struct {
@@ -97,7 +99,41 @@ func (d *decoder) relation(ctx context.Context, pool *pgxpool.Pool, m *pglogrepl
 		return fmt.Errorf("source %s: reading primary key of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
 	}
 	d.setRelation(m, pk)
+	// PostgreSQL publishes generated columns only from version 18 on (with
+	// publish_generated_columns): name those left out in each event.
+	rows, err = pool.Query(ctx, `SELECT attname FROM pg_attribute
+		WHERE attrelid = $1 AND attgenerated <> '' AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, m.RelationID)
+	if err != nil {
+		return fmt.Errorf("source %s: reading generated columns of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
+	}
+	gen, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("source %s: reading generated columns of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
+	}
+	d.rels[m.RelationID].omitGenerated(gen, m)
 	return nil
+}
+
+// omitGenerated records the generated columns the Relation message lacks:
+// each event of the relation lists them in "omitted_generated".
+func (r *relation) omitGenerated(gen []string, m *pglogrepl.RelationMessage) {
+	var omitted []string
+	for _, g := range gen {
+		if !slices.ContainsFunc(m.Columns, func(c *pglogrepl.RelationMessageColumn) bool { return c.Name == g }) {
+			omitted = append(omitted, g)
+		}
+	}
+	if len(omitted) == 0 {
+		return
+	}
+	b := append([]byte(nil), `,"omitted_generated":[`...)
+	for i, name := range omitted {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = rowjson.AppendString(b, name)
+	}
+	r.omittedJSON = append(b, ']')
 }
 
 // setRelation caches a relation with its primary key column names.
@@ -267,7 +303,7 @@ func (d *decoder) appendBody(b []byte, r *relation, action string, oldT, newT *p
 		}
 		b = append(b, ']')
 	}
-	return b
+	return append(b, r.omittedJSON...)
 }
 
 // appendTail writes the commit's fields and closes the event.

@@ -37,8 +37,8 @@ func (s *Source) check(ctx context.Context, pool *pgxpool.Pool) error {
 	var canReplicate bool
 	err := pool.QueryRow(ctx, `SELECT current_setting('wal_level'), current_user, current_database(),
 		(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
-		current_setting('server_encoding')`).
-		Scan(&walLevel, &user, &db, &canReplicate, &encoding)
+		current_setting('server_encoding'), current_setting('server_version_num')::int`).
+		Scan(&walLevel, &user, &db, &canReplicate, &encoding, &s.serverVersion)
 	if err != nil {
 		return fmt.Errorf("source %s: checking server settings: %w", s.label(), err)
 	}
@@ -184,8 +184,13 @@ func (s *Source) ensurePublication(ctx context.Context, pool *pgxpool.Pool) erro
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("source %s: looking up publication: %w", s.label(), err)
 	}
+	with := " WITH (publish_via_partition_root = true)"
+	if s.serverVersion >= 180000 {
+		// Generated columns are published, as row_to_json shows them.
+		with = " WITH (publish_via_partition_root = true, publish_generated_columns = stored)"
+	}
 	if !exists {
-		if _, err := pool.Exec(ctx, "CREATE PUBLICATION "+name+" FOR TABLE "+list+" WITH (publish_via_partition_root = true)"); err != nil {
+		if _, err := pool.Exec(ctx, "CREATE PUBLICATION "+name+" FOR TABLE "+list+with); err != nil {
 			return s.privilegeHint(fmt.Errorf("source %s: creating publication %s: %w", s.label(), name, err))
 		}
 		s.cfg.Logger.Info("pgcdc: created publication", "source", s.cfg.Name, "publication", s.cfg.Publication, "tables", list)
@@ -207,8 +212,8 @@ func (s *Source) ensurePublication(ctx context.Context, pool *pgxpool.Pool) erro
 		return fmt.Errorf("source %s: reading publication: %w", s.label(), err)
 	}
 	slices.Sort(have)
-	if !viaRoot {
-		if _, err := pool.Exec(ctx, "ALTER PUBLICATION "+name+" SET (publish_via_partition_root = true)"); err != nil {
+	if !viaRoot || s.serverVersion >= 180000 {
+		if _, err := pool.Exec(ctx, "ALTER PUBLICATION "+name+" SET"+strings.TrimPrefix(with, " WITH")); err != nil {
 			return s.privilegeHint(fmt.Errorf("source %s: updating publication %s: %w", s.label(), name, err))
 		}
 	}

@@ -67,18 +67,19 @@ type Config struct {
 
 // Source streams one database.
 type Source struct {
-	cfg      Config
-	database string
-	sourceID string // system identifier + database: part of every event_id
-	tables   map[string]tableInfo
-	live     []Table // the routed tables that exist (see check)
-	sqlASCII bool    // server_encoding SQL_ASCII: text may hold any bytes
-	hadSlot  bool
-	types    *rowjson.Types
-	tracker  *checkpoint.Tracker
-	disp     *dispatch.Dispatcher
-	lag      atomic.Int64
-	streamed time.Time // when the current session started streaming (zero: it did not)
+	cfg           Config
+	database      string
+	sourceID      string // system identifier + database: part of every event_id
+	tables        map[string]tableInfo
+	live          []Table // the routed tables that exist (see check)
+	sqlASCII      bool    // server_encoding SQL_ASCII: text may hold any bytes
+	serverVersion int     // server_version_num
+	hadSlot       bool
+	types         *rowjson.Types
+	tracker       *checkpoint.Tracker
+	disp          *dispatch.Dispatcher
+	lag           atomic.Int64
+	streamed      time.Time // when the current session started streaming (zero: it did not)
 }
 
 // New returns a source; Run starts it.

@@ -262,8 +262,24 @@ func (c *Cluster) DropDatabase(ctx context.Context, name string) error {
 		return fmt.Errorf("pgtest: connect: %w", err)
 	}
 	defer conn.Close(ctx)
-	_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL`, name)
-	_, _ = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1`, name)
+	// A terminated walsender keeps its slot active until it has exited:
+	// retry until the slots are gone, so none outlives its database.
+	for {
+		_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL`, name)
+		_, _ = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active`, name)
+		var left int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE database = $1`, name).Scan(&left); err != nil {
+			return fmt.Errorf("pgtest: reading slots: %w", err)
+		}
+		if left == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pgtest: %d replication slots of %s still in use: %w", left, name, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 	_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
 	return err
 }
