@@ -87,7 +87,7 @@ func redeliverTx(h dispatch.Handler) dispatch.Handler {
 			return err
 		}
 		tc := *c
-		tc.Action, tc.Tx = "TRANSACTION", b
+		tc.Action, tc.Tx = change.Transaction, b
 		return h(ctx, &tc)
 	}
 }

@@ -3,7 +3,6 @@ package pgcdc
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -13,10 +12,10 @@ import (
 
 // Actions of an event.
 const (
-	ActionInsert   = "INSERT"
-	ActionUpdate   = "UPDATE"
-	ActionDelete   = "DELETE"
-	ActionTruncate = "TRUNCATE"
+	ActionInsert   = change.Insert
+	ActionUpdate   = change.Update
+	ActionDelete   = change.Delete
+	ActionTruncate = change.Truncate
 )
 
 // EventPayload is the typed view of an event's JSON (EventContext.Message).
@@ -152,9 +151,7 @@ func (e *EventContext) Err() error { return e.err }
 // does not by itself fail the event: return the error to have it retried.
 func (e *EventContext) SetError(err error) { e.err = err }
 
-func lsnString(lsn uint64) string {
-	return fmt.Sprintf("%X/%X", uint32(lsn>>32), uint32(lsn))
-}
+func lsnString(lsn uint64) string { return change.FormatLSN(lsn) }
 
 // RowKey is a hash of the row's identity (its primary key or replica
 // identity columns): every change of one row has the same RowKey, and

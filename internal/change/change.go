@@ -10,6 +10,17 @@ import (
 	"github.com/pgcdc/pgcdc/internal/txbuf"
 )
 
+// Actions of a change.
+const (
+	Insert   = "INSERT"
+	Update   = "UPDATE"
+	Delete   = "DELETE"
+	Truncate = "TRUNCATE"
+	// Transaction is the action of the change that carries a whole
+	// transaction to the transaction route (see Change.Tx).
+	Transaction = "TRANSACTION"
+)
+
 // Resolver is told when a change has been resolved: its handler succeeded or
 // it was dead-lettered. Only then may the engine confirm its position.
 type Resolver interface {
@@ -34,7 +45,7 @@ type Change struct {
 	// Reserved is the share of the dispatcher's memory budget the change
 	// holds while queued (set and released by the dispatcher).
 	Reserved int64
-	// Tx, for a whole-transaction change (Action "TRANSACTION"), holds the
+	// Tx, for a whole-transaction change (Action Transaction), holds the
 	// events of the transaction's grouped tables, in commit order. The
 	// dispatcher closes it once the change is resolved or dropped.
 	Tx *txbuf.Buffer
@@ -55,3 +66,27 @@ func ParseHeader(msg []byte) (Header, error) {
 	err := json.Unmarshal(msg, &h)
 	return h, err
 }
+
+// AppendLSN writes an LSN as PostgreSQL does: upper-case hex "16/B374D848".
+func AppendLSN(b []byte, lsn uint64) []byte {
+	const digits = "0123456789ABCDEF"
+	hexU32 := func(b []byte, v uint32) []byte {
+		if v == 0 {
+			return append(b, '0')
+		}
+		var buf [8]byte
+		i := len(buf)
+		for v > 0 {
+			i--
+			buf[i] = digits[v&0xF]
+			v >>= 4
+		}
+		return append(b, buf[i:]...)
+	}
+	b = hexU32(b, uint32(lsn>>32))
+	b = append(b, '/')
+	return hexU32(b, uint32(lsn))
+}
+
+// FormatLSN returns an LSN as PostgreSQL writes it ("16/B374D848").
+func FormatLSN(lsn uint64) string { return string(AppendLSN(nil, lsn)) }

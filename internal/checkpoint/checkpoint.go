@@ -132,18 +132,6 @@ func (t *Tracker) Len() int {
 	return len(t.queue)
 }
 
-// Discard forgets every open transaction without confirming it (their
-// changes will be delivered again after a reconnect).
-func (t *Tracker) Discard() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.queue = nil
-	if t.idle != nil {
-		close(t.idle)
-		t.idle = nil
-	}
-}
-
 // Wait blocks until every tracked transaction is resolved or ctx is done.
 func (t *Tracker) Wait(ctx context.Context) error {
 	t.mu.Lock()

@@ -14,7 +14,6 @@ package dispatch
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -200,17 +199,6 @@ func (d *Dispatcher) Add(schema, tableName string, r Route) {
 		r.Lanes = 1
 	}
 	d.tables[schema+"."+tableName] = &table{route: r, lanes: make([]*lane, r.Lanes)}
-}
-
-// Handles reports whether a route is registered for the table.
-func (d *Dispatcher) Handles(schema, tableName string) bool {
-	_, ok := d.tables[schema+"."+tableName]
-	return ok
-}
-
-// HandlesTruncate reports whether the table's route wants TRUNCATE events.
-func (d *Dispatcher) HandlesTruncate(schema, tableName string) bool {
-	return d.HandlesKey(schema+"."+tableName, true)
 }
 
 // IsTx reports whether the change's table is grouped per transaction.
@@ -506,12 +494,6 @@ func Call(ctx context.Context, h Handler, c *change.Change) (err error) {
 		}
 	}()
 	return h(ctx, c)
-}
-
-// IsPanic reports whether err comes from a panicking handler.
-func IsPanic(err error) bool {
-	var p *PanicError
-	return errors.As(err, &p)
 }
 
 func closeTx(c *change.Change) {

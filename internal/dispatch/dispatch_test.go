@@ -96,7 +96,7 @@ func TestRetryThenDeadLetterAndPanic(t *testing.T) {
 		t.Fatalf("calls=%d resolved=%d dead=%d; want 6, 2, 2", calls.Load(), res.n.Load(), len(dl.errs))
 	}
 	var he *HandlerError
-	if !errors.As(dl.errs[0], &he) || !IsPanic(dl.errs[0]) {
+	if !errors.As(dl.errs[0], &he) || !errors.As(dl.errs[0], new(*PanicError)) {
 		t.Fatalf("first dead letter error %v: want a HandlerError wrapping a PanicError", dl.errs[0])
 	}
 }

@@ -211,7 +211,7 @@ func (d *decoder) truncate(m *pglogrepl.TruncateMessage) []*change.Change {
 			continue
 		}
 		c := &change.Change{
-			Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: "TRUNCATE",
+			Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: change.Truncate,
 			LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime,
 		}
 		c.EventID = d.eventID()
@@ -226,7 +226,7 @@ func (d *decoder) truncate(m *pglogrepl.TruncateMessage) []*change.Change {
 // changes' own, from the commit LSN and a position no change can have.
 func (d *decoder) transaction(b *txbuf.Buffer) *change.Change {
 	c := &change.Change{
-		Source: d.s.cfg.Name, Action: "TRANSACTION", RouteKey: dispatch.TxKey,
+		Source: d.s.cfg.Name, Action: change.Transaction, RouteKey: dispatch.TxKey,
 		LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime, Tx: b,
 	}
 	seq := d.seq
@@ -309,7 +309,7 @@ func (d *decoder) appendBody(b []byte, r *relation, action string, oldT, newT *p
 // appendTail writes the commit's fields and closes the event.
 func (d *decoder) appendTail(b []byte) []byte {
 	b = append(b, `,"lsn":"`...)
-	b = appendLSN(b, uint64(d.commitLSN))
+	b = change.AppendLSN(b, uint64(d.commitLSN))
 	b = append(b, `","xid":`...)
 	b = strconv.AppendUint(b, uint64(d.xid), 10)
 	b = append(b, `,"commit_time":"`...)
@@ -425,25 +425,4 @@ func parse(data []byte, inStream bool) (m pglogrepl.Message, err error) {
 		}
 	}
 	return pglogrepl.ParseV2(data, inStream)
-}
-
-// appendLSN writes an LSN as PostgreSQL does: upper-case hex "16/B374D848".
-func appendLSN(b []byte, lsn uint64) []byte {
-	const digits = "0123456789ABCDEF"
-	hexU32 := func(b []byte, v uint32) []byte {
-		if v == 0 {
-			return append(b, '0')
-		}
-		var buf [8]byte
-		i := len(buf)
-		for v > 0 {
-			i--
-			buf[i] = digits[v&0xF]
-			v >>= 4
-		}
-		return append(b, buf[i:]...)
-	}
-	b = hexU32(b, uint32(lsn>>32))
-	b = append(b, '/')
-	return hexU32(b, uint32(lsn))
 }

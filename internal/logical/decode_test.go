@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/pgcdc/pgcdc/internal/change"
+
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 )
 
@@ -208,8 +210,8 @@ func sameTuple(a, b *pglogrepl.TupleData) bool {
 
 func TestAppendLSN(t *testing.T) {
 	for _, lsn := range []pglogrepl.LSN{0, 0x16B3748, 0x16_B374D848, 0xFFFFFFFF_FFFFFFFF} {
-		if got := string(appendLSN(nil, uint64(lsn))); got != lsn.String() {
-			t.Errorf("appendLSN(%d) = %s, want %s", lsn, got, lsn.String())
+		if got := string(change.AppendLSN(nil, uint64(lsn))); got != lsn.String() {
+			t.Errorf("AppendLSN(%d) = %s, want %s", lsn, got, lsn.String())
 		}
 	}
 }

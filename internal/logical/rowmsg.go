@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/pgcdc/pgcdc/internal/change"
 )
 
 // rowMsg is one pgoutput Insert, Update or Delete message. The decoder
@@ -50,13 +52,13 @@ func (m *rowMsg) parse(data []byte, inStream bool) error {
 	m.oldT, m.newT, m.oldIsKey = nil, nil, false
 	switch typ {
 	case 'I':
-		m.action = "INSERT"
+		m.action = change.Insert
 		if k := r.u8(); k != 'N' && r.err == nil {
 			return fmt.Errorf("insert message: tuple marker %q, want 'N'", k)
 		}
 		m.newT = m.new.read(&r)
 	case 'U':
-		m.action = "UPDATE"
+		m.action = change.Update
 		k := r.u8()
 		if k == 'K' || k == 'O' {
 			m.oldIsKey = k == 'K'
@@ -68,7 +70,7 @@ func (m *rowMsg) parse(data []byte, inStream bool) error {
 		}
 		m.newT = m.new.read(&r)
 	case 'D':
-		m.action = "DELETE"
+		m.action = change.Delete
 		k := r.u8()
 		if k != 'K' && k != 'O' && r.err == nil {
 			return fmt.Errorf("delete message: tuple marker %q, want 'K' or 'O'", k)

@@ -204,7 +204,7 @@ func (st *stream) row(ctx context.Context, data []byte) error {
 // transaction handler, or to its lane.
 func (st *stream) handleChange(ctx context.Context, c *change.Change) error {
 	if st.s.disp.IsTx(c) {
-		if c.Action == "TRUNCATE" {
+		if c.Action == change.Truncate {
 			return nil
 		}
 		if st.txb == nil {
@@ -212,7 +212,7 @@ func (st *stream) handleChange(ctx context.Context, c *change.Change) error {
 		}
 		return st.txb.Add(c.Message)
 	}
-	if c.Action == "TRUNCATE" {
+	if c.Action == change.Truncate {
 		// Every earlier change must be handled before a TRUNCATE runs:
 		// lanes would otherwise let it overtake them.
 		if err := st.barrier(ctx); err != nil {

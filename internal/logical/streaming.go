@@ -73,7 +73,7 @@ func (d *decoder) truncateRecords(m *pglogrepl.TruncateMessage) [][]byte {
 			out = append(out, []byte{recSkip})
 			continue
 		}
-		out = append(out, d.appendRecord(r, "TRUNCATE", 0, nil, nil, false))
+		out = append(out, d.appendRecord(r, change.Truncate, 0, nil, nil, false))
 	}
 	return out
 }

@@ -5,7 +5,7 @@
 // The rules follow json.c (json_categorize_type, datum_to_json,
 // array_to_json, composite_to_json, escape_json):
 //
-//   - NULL is null (AppendNull).
+//   - NULL is null.
 //   - bool is true or false.
 //   - int2, int4, int8, float4, float8 and numeric are bare JSON numbers with
 //     the digits of the text output; NaN, Infinity and -Infinity are strings.

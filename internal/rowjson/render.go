@@ -24,9 +24,6 @@ func SessionParams() map[string]string {
 	}
 }
 
-// AppendNull appends the JSON of an SQL NULL (null) to dst.
-func AppendNull(dst []byte) []byte { return append(dst, "null"...) }
-
 // AppendString appends s as a JSON string escaped exactly like PostgreSQL's
 // escape_json: \" \\ \b \f \n \r \t, other bytes below 0x20 as \u00xx (lower
 // case hex), everything else (DEL, non-ASCII) unchanged. PostgreSQL text
