@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,11 +44,12 @@ type column struct {
 	warned bool // invalid UTF-8 reported (SQL_ASCII databases)
 }
 
-// decoder turns pgoutput row messages into events. It holds the relation
-// cache and the current transaction's metadata; it does no I/O except to
-// learn the types and primary key of a relation when one is announced.
+// decoder turns pgoutput row messages into events. It is pure: bytes and
+// its relation cache in, changes out. What it needs from outside (which
+// tables are routed, what the catalog says of a relation) comes through
+// decoderConfig, so it is tested without a connection or a dispatcher.
 type decoder struct {
-	s    *Source
+	cfg  decoderConfig
 	rels map[uint32]*relation
 
 	commitLSN  pglogrepl.LSN
@@ -57,61 +59,104 @@ type decoder struct {
 	sourceJSON []byte
 }
 
-func newDecoder(s *Source) *decoder {
-	return &decoder{s: s, rels: map[uint32]*relation{}, sourceJSON: rowjson.AppendString(nil, s.cfg.Name)}
+// decoderConfig is what a decoder is given by its source.
+type decoderConfig struct {
+	Source   string // source name, in every event
+	Label    string // source label for errors
+	SourceID string // system identifier / database: part of every event_id
+	Types    *rowjson.Types
+	// Routed reports whether changes of the table under key ("schema.table"
+	// as routed) are wanted; with truncate, whether TRUNCATE is.
+	Routed func(key string, truncate bool) bool
+	// Describe learns what the catalog says of an announced relation: it
+	// resolves the column types into Types and returns the primary key and
+	// generated columns. It is the decoder's only I/O.
+	Describe func(ctx context.Context, m *pglogrepl.RelationMessage) (relationMeta, error)
+	// RouteKeys maps the OIDs of routed tables to their route key, so a
+	// table renamed mid-stream keeps its route.
+	RouteKeys map[uint32]string
+	SQLASCII  bool // text may hold bytes that are not UTF-8
+	Logger    *slog.Logger
+}
+
+// relationMeta is what the catalog says of a relation.
+type relationMeta struct {
+	PK        []string // primary key columns
+	Generated []string // generated columns
+}
+
+func newDecoder(cfg decoderConfig) *decoder {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &decoder{cfg: cfg, rels: map[uint32]*relation{}, sourceJSON: rowjson.AppendString(nil, cfg.Source)}
 }
 
 func (d *decoder) begin(m *pglogrepl.BeginMessage) {
 	d.commitLSN, d.xid, d.commitTime, d.seq = m.FinalLSN, m.Xid, m.CommitTime, 0
 }
 
-// relation learns the types and primary key of an announced relation (the
-// only I/O of the decoder), then caches it.
-func (d *decoder) relation(ctx context.Context, pool *pgxpool.Pool, m *pglogrepl.RelationMessage) error {
-	oids := make([]uint32, len(m.Columns))
-	for i, c := range m.Columns {
-		oids[i] = c.DataType
+// relation learns what the catalog says of an announced relation, then
+// caches it.
+func (d *decoder) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
+	meta, err := d.cfg.Describe(ctx, m)
+	if err != nil {
+		return err
 	}
-	d.s.types.Forget(oids...) // a type may have changed (ALTER TYPE): learn it again
-	if err := d.s.types.Resolve(ctx, pool, oids...); errors.Is(err, rowjson.ErrUnknownType) {
-		// The type was dropped (or altered away) after the change was
-		// written: pgoutput still sends the value's text, so deliver it as
-		// a JSON string rather than stop the stream.
-		for _, o := range d.s.types.AssumeText(oids...) {
-			for _, c := range m.Columns {
-				if c.DataType == o {
-					d.s.cfg.Logger.Warn("pgcdc: column type no longer exists; delivering its values as JSON strings of their text",
-						"source", d.s.cfg.Name, "table", m.Namespace+"."+m.RelationName, "column", c.Name, "type_oid", o)
+	d.setRelation(m, meta.PK)
+	d.rels[m.RelationID].omitGenerated(meta.Generated, m)
+	return nil
+}
+
+// describe is the catalog side of a decoder (decoderConfig.Describe) for a
+// source: column types, primary key and generated columns of a relation.
+func (s *Source) describe(pool *pgxpool.Pool) func(context.Context, *pglogrepl.RelationMessage) (relationMeta, error) {
+	return func(ctx context.Context, m *pglogrepl.RelationMessage) (relationMeta, error) {
+		var meta relationMeta
+		table := m.Namespace + "." + m.RelationName
+		oids := make([]uint32, len(m.Columns))
+		for i, c := range m.Columns {
+			oids[i] = c.DataType
+		}
+		s.types.Forget(oids...) // a type may have changed (ALTER TYPE): learn it again
+		if err := s.types.Resolve(ctx, pool, oids...); errors.Is(err, rowjson.ErrUnknownType) {
+			// The type was dropped (or altered away) after the change was
+			// written: pgoutput still sends the value's text, so deliver it
+			// as a JSON string rather than stop the stream.
+			for _, o := range s.types.AssumeText(oids...) {
+				for _, c := range m.Columns {
+					if c.DataType == o {
+						s.cfg.Logger.Warn("pgcdc: column type no longer exists; delivering its values as JSON strings of their text",
+							"source", s.cfg.Name, "table", table, "column", c.Name, "type_oid", o)
+					}
 				}
 			}
+		} else if err != nil {
+			return meta, fmt.Errorf("source %s: resolving column types of %s: %w", s.label(), table, err)
 		}
-	} else if err != nil {
-		return fmt.Errorf("source %s: resolving column types of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
+		var err error
+		if meta.PK, err = queryNames(ctx, pool, `SELECT a.attname FROM pg_index i
+			JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+			WHERE i.indrelid = $1 AND i.indisprimary`, m.RelationID); err != nil {
+			return meta, fmt.Errorf("source %s: reading primary key of %s: %w", s.label(), table, err)
+		}
+		// PostgreSQL publishes generated columns only from version 18 on
+		// (publish_generated_columns): name those left out in each event.
+		if meta.Generated, err = queryNames(ctx, pool, `SELECT attname FROM pg_attribute
+			WHERE attrelid = $1 AND attgenerated <> '' AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, m.RelationID); err != nil {
+			return meta, fmt.Errorf("source %s: reading generated columns of %s: %w", s.label(), table, err)
+		}
+		return meta, nil
 	}
-	rows, err := pool.Query(ctx, `SELECT a.attname FROM pg_index i
-		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-		WHERE i.indrelid = $1 AND i.indisprimary`, m.RelationID)
+}
+
+// queryNames runs a query of one text column for one relation.
+func queryNames(ctx context.Context, pool *pgxpool.Pool, sql string, relID uint32) ([]string, error) {
+	rows, err := pool.Query(ctx, sql, relID)
 	if err != nil {
-		return fmt.Errorf("source %s: reading primary key of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
+		return nil, err
 	}
-	pk, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("source %s: reading primary key of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
-	}
-	d.setRelation(m, pk)
-	// PostgreSQL publishes generated columns only from version 18 on (with
-	// publish_generated_columns): name those left out in each event.
-	rows, err = pool.Query(ctx, `SELECT attname FROM pg_attribute
-		WHERE attrelid = $1 AND attgenerated <> '' AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, m.RelationID)
-	if err != nil {
-		return fmt.Errorf("source %s: reading generated columns of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
-	}
-	gen, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("source %s: reading generated columns of %s.%s: %w", d.s.label(), m.Namespace, m.RelationName, err)
-	}
-	d.rels[m.RelationID].omitGenerated(gen, m)
-	return nil
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // omitGenerated records the generated columns the Relation message lacks:
@@ -158,12 +203,10 @@ func (d *decoder) setRelation(m *pglogrepl.RelationMessage, pk []string) {
 	// Routes name tables, but the stream names relations by OID: a routed
 	// table renamed mid-stream keeps its route instead of being skipped.
 	r.routeKey = r.schema + "." + r.name
-	for key, ti := range d.s.tables {
-		if ti.oid == m.RelationID && key != r.routeKey {
-			d.s.cfg.Logger.Warn("pgcdc: routed table was renamed; its changes keep going to its route, but update the route before the next restart",
-				"source", d.s.cfg.Name, "route_table", key, "now", r.routeKey)
-			r.routeKey = key
-		}
+	if key, ok := d.cfg.RouteKeys[m.RelationID]; ok && key != r.routeKey {
+		d.cfg.Logger.Warn("pgcdc: routed table was renamed; its changes keep going to its route, but update the route before the next restart",
+			"source", d.cfg.Source, "route_table", key, "now", r.routeKey)
+		r.routeKey = key
 	}
 	d.rels[m.RelationID] = r
 }
@@ -173,12 +216,12 @@ func (d *decoder) setRelation(m *pglogrepl.RelationMessage, pk []string) {
 func (d *decoder) change(m *rowMsg) (*change.Change, error) {
 	d.seq++
 	r, err := d.rel(m.relID)
-	if err != nil || !d.s.disp.HandlesKey(r.routeKey, false) {
+	if err != nil || !d.cfg.Routed(r.routeKey, false) {
 		return nil, err
 	}
 	action, oldT, newT, oldIsKey := m.action, m.oldT, m.newT, m.oldIsKey
 	c := &change.Change{
-		Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: action,
+		Source: d.cfg.Source, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: action,
 		LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime,
 	}
 	c.EventID = d.eventID()
@@ -195,7 +238,7 @@ func (d *decoder) change(m *rowMsg) (*change.Change, error) {
 func (d *decoder) rel(relID uint32) (*relation, error) {
 	r, ok := d.rels[relID]
 	if !ok {
-		return nil, fmt.Errorf("source %s: change for relation %d before its Relation message", d.s.label(), relID)
+		return nil, fmt.Errorf("source %s: change for relation %d before its Relation message", d.cfg.Label, relID)
 	}
 	return r, nil
 }
@@ -207,11 +250,11 @@ func (d *decoder) truncate(m *pglogrepl.TruncateMessage) []*change.Change {
 	for _, id := range m.RelationIDs {
 		d.seq++
 		r, ok := d.rels[id]
-		if !ok || !d.s.disp.HandlesKey(r.routeKey, true) {
+		if !ok || !d.cfg.Routed(r.routeKey, true) {
 			continue
 		}
 		c := &change.Change{
-			Source: d.s.cfg.Name, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: change.Truncate,
+			Source: d.cfg.Source, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: change.Truncate,
 			LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime,
 		}
 		c.EventID = d.eventID()
@@ -226,7 +269,7 @@ func (d *decoder) truncate(m *pglogrepl.TruncateMessage) []*change.Change {
 // changes' own, from the commit LSN and a position no change can have.
 func (d *decoder) transaction(b *txbuf.Buffer) *change.Change {
 	c := &change.Change{
-		Source: d.s.cfg.Name, Action: change.Transaction, RouteKey: dispatch.TxKey,
+		Source: d.cfg.Source, Action: change.Transaction, RouteKey: dispatch.TxKey,
 		LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime, Tx: b,
 	}
 	seq := d.seq
@@ -240,7 +283,7 @@ func (d *decoder) transaction(b *txbuf.Buffer) *change.Change {
 // the same for the same change however often it is delivered.
 func (d *decoder) eventID() string {
 	var buf [96]byte
-	b := append(buf[:0], d.s.sourceID...)
+	b := append(buf[:0], d.cfg.SourceID...)
 	b = append(b, '/')
 	b = strconv.AppendUint(b, uint64(d.commitLSN), 16)
 	b = append(b, '/')
@@ -374,12 +417,12 @@ func (d *decoder) appendRow(b []byte, r *relation, t, fallback *pglogrepl.TupleD
 		case pglogrepl.TupleDataTypeNull:
 			b = append(b, "null"...)
 		case pglogrepl.TupleDataTypeText:
-			if d.s.sqlASCII && !utf8.Valid(data) {
+			if d.cfg.SQLASCII && !utf8.Valid(data) {
 				data = d.invalidUTF8(r, rc, data)
 			}
-			out, err := d.s.types.AppendValue(b, rc.typ, data)
+			out, err := d.cfg.Types.AppendValue(b, rc.typ, data)
 			if err != nil {
-				d.s.cfg.Logger.Error("pgcdc: cannot render value; delivering its text as a string",
+				d.cfg.Logger.Error("pgcdc: cannot render value; delivering its text as a string",
 					"table", r.schema+"."+r.name, "column", rc.name, "type_oid", rc.typ, "error", err)
 				out = rowjson.AppendString(b, string(data))
 			}
@@ -397,8 +440,8 @@ func (d *decoder) appendRow(b []byte, r *relation, t, fallback *pglogrepl.TupleD
 func (d *decoder) invalidUTF8(r *relation, rc *column, data []byte) []byte {
 	if !rc.warned {
 		rc.warned = true
-		d.s.cfg.Logger.Warn("pgcdc: SQL_ASCII database holds a value that is not UTF-8; its invalid bytes are delivered as U+FFFD",
-			"source", d.s.cfg.Name, "table", r.schema+"."+r.name, "column", rc.name, "lsn", d.commitLSN)
+		d.cfg.Logger.Warn("pgcdc: SQL_ASCII database holds a value that is not UTF-8; its invalid bytes are delivered as U+FFFD",
+			"source", d.cfg.Source, "table", r.schema+"."+r.name, "column", rc.name, "lsn", d.commitLSN)
 	}
 	return []byte(strings.ToValidUTF8(string(data), "\uFFFD"))
 }

@@ -9,8 +9,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/pgcdc/pgcdc/internal/change"
-
-	"github.com/pgcdc/pgcdc/internal/dispatch"
+	"github.com/pgcdc/pgcdc/internal/rowjson"
 )
 
 // msg builds pgoutput messages byte by byte.
@@ -34,11 +33,10 @@ func relationMsg() []byte {
 }
 
 func testDecoder(t testing.TB) *decoder {
-	s := New(Config{Name: "src"})
-	s.sourceID = "7000000000000000001/db"
-	s.disp = dispatch.New(dispatch.Config{})
-	s.disp.Add("public", "items", dispatch.Route{Name: "items"})
-	d := newDecoder(s)
+	d := newDecoder(decoderConfig{
+		Source: "src", Label: `"src"`, SourceID: "7000000000000000001/db", Types: rowjson.NewTypes(),
+		Routed: func(key string, _ bool) bool { return key == "public.items" },
+	})
 	rm, err := pglogrepl.Parse(relationMsg())
 	if err != nil {
 		t.Fatal(err)

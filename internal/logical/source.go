@@ -304,7 +304,16 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 	s.streamed = time.Now()
 	s.cfg.Logger.Info("pgcdc: streaming", "source", s.cfg.Name, "slot", s.cfg.Slot, "from", start)
 
-	st := &stream{s: s, conn: conn, pool: pool, dec: newDecoder(s), tracker: s.tracker}
+	routeKeys := make(map[uint32]string, len(s.tables))
+	for key, ti := range s.tables {
+		routeKeys[ti.oid] = key
+	}
+	dec := newDecoder(decoderConfig{
+		Source: s.cfg.Name, Label: s.label(), SourceID: s.sourceID, Types: s.types,
+		Routed: s.disp.HandlesKey, Describe: s.describe(pool), RouteKeys: routeKeys,
+		SQLASCII: s.sqlASCII, Logger: s.cfg.Logger,
+	})
+	st := &stream{s: s, conn: conn, pool: pool, dec: dec, tracker: s.tracker}
 	lagDone := make(chan struct{})
 	lagCtx, stopLag := context.WithCancel(readCtx)
 	go func() {

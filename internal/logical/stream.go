@@ -18,8 +18,10 @@ import (
 	"github.com/pgcdc/pgcdc/internal/txbuf"
 )
 
-// stream is the read loop of one replication connection. It is the only
-// goroutine that uses conn.
+// stream is the read loop of one replication connection. Its goroutine
+// owns conn and the fields below; the dispatcher's keeper goroutine calls
+// idle (which writes to conn) only while this goroutine is inside a direct
+// handler call, never at the same time (see doc.go).
 type stream struct {
 	s       *Source
 	conn    *pgconn.PgConn
@@ -159,7 +161,7 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 	case *pglogrepl.CommitMessage:
 		return st.commit(ctx, m.TransactionEndLSN)
 	case *pglogrepl.RelationMessage:
-		return st.dec.relation(ctx, st.pool, m)
+		return st.dec.relation(ctx, m)
 	case *pglogrepl.TruncateMessage:
 		if st.inStream {
 			return st.streamed(xid, st.dec.truncateRecords(m)...)

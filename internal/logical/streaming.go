@@ -43,7 +43,7 @@ func (d *decoder) record(m *rowMsg) ([]byte, error) {
 		return nil, err
 	}
 	action, oldT, newT, oldIsKey := m.action, m.oldT, m.newT, m.oldIsKey
-	if !d.s.disp.HandlesKey(r.routeKey, false) {
+	if !d.cfg.Routed(r.routeKey, false) {
 		return []byte{recSkip}, nil
 	}
 	keyT := newT
@@ -69,7 +69,7 @@ func (d *decoder) truncateRecords(m *pglogrepl.TruncateMessage) [][]byte {
 	out := make([][]byte, 0, len(m.RelationIDs))
 	for _, id := range m.RelationIDs {
 		r, ok := d.rels[id]
-		if !ok || !d.s.disp.HandlesKey(r.routeKey, true) {
+		if !ok || !d.cfg.Routed(r.routeKey, true) {
 			out = append(out, []byte{recSkip})
 			continue
 		}
@@ -90,7 +90,7 @@ func (d *decoder) replay(rec []byte) (*change.Change, error) {
 	if len(rec) < 9 {
 		return nil, errBadRecord
 	}
-	c := &change.Change{Source: d.s.cfg.Name, LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime}
+	c := &change.Change{Source: d.cfg.Source, LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime}
 	c.PartKey = binary.BigEndian.Uint64(rec[1:9])
 	rest := rec[9:]
 	var fields [4]string
