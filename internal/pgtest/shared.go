@@ -122,3 +122,19 @@ func Exec(tb testing.TB, dsn string, sql string, args ...any) {
 		tb.Fatalf("pgtest: exec %q: %v", sql, err)
 	}
 }
+
+// QueryRow runs a one-row query on dsn, scanning into dest, and fails the
+// test on error.
+func QueryRow(tb testing.TB, dsn string, sql string, dest ...any) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		tb.Fatalf("pgtest: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, sql).Scan(dest...); err != nil {
+		tb.Fatalf("pgtest: %q: %v", sql, err)
+	}
+}
