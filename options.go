@@ -53,6 +53,7 @@ type option struct {
 	noStreaming          bool
 	captureMode          CaptureMode
 	triggerSchema        string
+	hooks                hookSet
 }
 
 // Defaults used when an option is not given (or given as zero).
@@ -277,5 +278,6 @@ func (o *option) validate() error {
 			bad("SetDBOption(nil)")
 		}
 	}
+	problems = append(problems, o.hooks.bad...)
 	return errors.Join(problems...)
 }
