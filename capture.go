@@ -68,7 +68,7 @@ func (w *Worker) triggerConfig(cfg logical.Config) trigger.Config {
 		Name: cfg.Name, DSN: cfg.DSN, Schema: w.opt.triggerSchema, Tables: cfg.Tables,
 		ConfigureConn: cfg.ConfigureConn, NewDeadLetter: cfg.NewDeadLetter,
 		MinReconnect: cfg.MinReconnect, MaxReconnect: cfg.MaxReconnect,
-		OnError: cfg.OnError, Logger: cfg.Logger,
+		OnError: cfg.OnError, Logger: cfg.Logger, Observe: cfg.Observe,
 	}
 }
 

@@ -99,6 +99,7 @@ type EventContext struct {
 	event      *EventPayload
 	eventOnce  sync.Once
 	err        error
+	filtered   bool // see Filtered
 }
 
 // Context is cancelled when the worker stops without waiting for handlers

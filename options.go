@@ -56,6 +56,7 @@ type option struct {
 	noStreaming          bool
 	captureMode          CaptureMode
 	triggerSchema        string
+	hooks                hookSet
 }
 
 // MaxGoroutinesLimit is the most handler goroutines a route may have
@@ -286,5 +287,6 @@ func (o *option) validate() error {
 			bad("SetDBOption(nil)")
 		}
 	}
+	problems = append(problems, o.hooks.bad...)
 	return errors.Join(problems...)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -13,6 +14,7 @@ import (
 	"github.com/pgcdc/pgcdc/internal/deadletter"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/logical"
+	"github.com/pgcdc/pgcdc/internal/observe"
 	"github.com/pgcdc/pgcdc/internal/pgident"
 )
 
@@ -81,6 +83,7 @@ type Worker struct {
 	done    chan struct{}
 	hard    context.CancelFunc
 	sources map[string]engine
+	obs     map[string]*observe.Source // per source: what Status and the hooks report
 
 	txHandler TxHandlerFunc
 	txRoutes  []string
@@ -100,6 +103,7 @@ func NewWorker(opts ...OptionFunc) (*Worker, error) {
 	if err := w.opt.validate(); err != nil {
 		return nil, err
 	}
+	w.obs = w.observers()
 	return w, nil
 }
 
@@ -357,7 +361,7 @@ func (w *Worker) plan() ([]logical.Config, error) {
 			continue
 		}
 		cfg.Tables = append(cfg.Tables, logical.Table{Schema: schema, Table: name, Route: dispatch.Route{
-			Name: h.route, Handler: w.adapt(h.route, h.fn), Lanes: hc.maxGoroutines,
+			Name: h.route, Handler: w.adapt(src, h.route, h.fn), Lanes: hc.maxGoroutines,
 			Truncate: hc.truncate, Retry: retry,
 		}})
 	}
@@ -402,21 +406,27 @@ func (w *Worker) sourceConfig(s source) logical.Config {
 			return deadletter.Open(ctx, pool, schema, table, wt)
 		}
 	}
-	return cfg
+	return w.observed(cfg)
 }
 
 // adapt turns a HandlerFunc into the dispatcher's handler.
-func (w *Worker) adapt(route string, fn HandlerFunc) dispatch.Handler {
+func (w *Worker) adapt(source, route string, fn HandlerFunc) dispatch.Handler {
 	wt, debug, log := w.opt.workerType, w.opt.debugMode, w.opt.logger
+	obs, hooks, timed := w.obs[source], &w.opt.hooks, len(w.opt.hooks.handled) > 0
 	return func(ctx context.Context, c *change.Change) error {
 		ec := &EventContext{ctx: ctx, c: c, route: route, workerType: wt}
 		if debug {
 			log.Info("pgcdc: event", "route", route, "event_id", c.EventID, "action", c.Action, "lsn", lsnString(c.LSN))
 		}
+		var start time.Time
+		if timed {
+			start = time.Now()
+		}
 		err := fn(ec)
 		if err != nil {
 			ec.err = err
 		}
+		hooks.eventHandled(obs, ec, start, err)
 		return err
 	}
 }

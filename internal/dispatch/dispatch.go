@@ -105,6 +105,8 @@ type Config struct {
 	// MaxQueuedBytes bounds the memory of all queued changes (Send waits
 	// when it is reached); < 1 means 64 MiB.
 	MaxQueuedBytes int64
+	// OnRetry, if set, is called before each retry's backoff (on the lane).
+	OnRetry func(route string, c *change.Change, attempt int, err error, wait time.Duration)
 }
 
 // Dispatcher owns the lanes of one source.
@@ -451,6 +453,9 @@ func (d *Dispatcher) handle(ctx context.Context, t *table, c *change.Change, tri
 				"attempt", attempts, "error", err)
 			if (attempts > r.Retry.MaxRetries || errs.IsPermanent(err)) && d.cfg.DeadLetter != nil {
 				break
+			}
+			if d.cfg.OnRetry != nil {
+				d.cfg.OnRetry(r.Name, c, attempts, err, r.Retry.Backoff(attempts))
 			}
 			if !d.wait(r.Retry.Backoff(attempts)) {
 				return false

@@ -23,6 +23,7 @@ import (
 	"github.com/pgcdc/pgcdc/internal/checkpoint"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/errs"
+	"github.com/pgcdc/pgcdc/internal/observe"
 	"github.com/pgcdc/pgcdc/internal/pgident"
 	"github.com/pgcdc/pgcdc/internal/rowjson"
 )
@@ -63,6 +64,7 @@ type Config struct {
 	Locker           Locker
 	RecreateLostSlot bool
 	Logger           *slog.Logger
+	Observe          *observe.Source // may be nil
 }
 
 // Source streams one database.
@@ -107,7 +109,8 @@ func (s *Source) LagBytes() int64 { return s.lag.Load() }
 // Run streams until ctx is done (handlers are cancelled), stop is closed
 // (handlers finish, the final position is confirmed) or a fatal error. It
 // reconnects with backoff after connection errors.
-func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
+func (s *Source) Run(ctx context.Context, stop <-chan struct{}) (err error) {
+	defer func() { s.cfg.Observe.SetState(observe.Stopped, err) }()
 	s.lag.Store(-1)
 	readCtx, cancelRead := context.WithCancel(ctx)
 	defer cancelRead()
@@ -122,6 +125,7 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 	wait := backoff.Backoff{Min: s.cfg.MinReconnect, Max: s.cfg.MaxReconnect}
 	for {
 		s.streamed = time.Time{}
+		s.cfg.Observe.SetState(observe.Connecting, nil)
 		err := s.session(ctx, readCtx)
 		if !s.streamed.IsZero() && time.Since(s.streamed) >= max(s.cfg.MaxReconnect, time.Second) {
 			// A session that streamed for a while was a success: the next
@@ -147,8 +151,10 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 			s.cfg.Logger.Info("pgcdc: replication slot in use by another process; standing by", "source", s.cfg.Name, "slot", s.cfg.Slot)
 			wait.Reset()
 			delay = wait.Next()
+			s.cfg.Observe.SetState(observe.Standby, nil)
 		} else {
 			delay = wait.Next()
+			s.cfg.Observe.SetState(observe.BackingOff, err)
 			s.cfg.Logger.Warn("pgcdc: source disconnected; reconnecting", "source", s.cfg.Name, "error", err, "retry_in", delay)
 			if s.cfg.OnError != nil {
 				s.cfg.OnError(err)
@@ -302,6 +308,7 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 		return err
 	}
 	s.streamed = time.Now()
+	s.cfg.Observe.SetState(observe.Streaming, nil)
 	s.cfg.Logger.Info("pgcdc: streaming", "source", s.cfg.Name, "slot", s.cfg.Slot, "from", start)
 
 	routeKeys := make(map[uint32]string, len(s.tables))
@@ -338,7 +345,7 @@ func (s *Source) startDispatcher(ctx context.Context, pool *pgxpool.Pool) error 
 			return fmt.Errorf("source %s: %w", s.label(), err)
 		}
 	}
-	s.disp = dispatch.New(dispatch.Config{DeadLetter: dl, Logger: s.cfg.Logger})
+	s.disp = dispatch.New(dispatch.Config{DeadLetter: dl, Logger: s.cfg.Logger, OnRetry: s.cfg.Observe.Retry})
 	for _, t := range s.cfg.Tables {
 		s.disp.Add(t.Schema, t.Table, t.Route)
 	}
@@ -369,6 +376,7 @@ func (s *Source) finish(ctx, readCtx context.Context, conn *pgconn.PgConn, cause
 		if err := pglogrepl.SendStandbyStatusUpdate(fctx, conn, pglogrepl.StandbyStatusUpdate{
 			WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos,
 		}); err == nil {
+			s.cfg.Observe.Confirmed(uint64(pos))
 			_, _ = pglogrepl.SendStandbyCopyDone(fctx, conn)
 		}
 	}
@@ -406,6 +414,7 @@ func (s *Source) watchLag(ctx context.Context, pool *pgxpool.Pool) {
 			FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&lag)
 		if err == nil {
 			s.lag.Store(lag)
+			s.cfg.Observe.Lag(lag)
 		}
 		select {
 		case <-ctx.Done():

@@ -236,6 +236,7 @@ func (st *stream) commit(ctx context.Context, end pglogrepl.LSN) error {
 		}
 	}
 	if st.txn != nil {
+		st.s.cfg.Observe.Committed(uint64(end), st.dec.commitTime)
 		st.txn.Seal(uint64(end))
 		st.txn = nil
 	}
@@ -316,6 +317,7 @@ func (st *stream) statusAt(ctx context.Context, force, probe bool, now time.Time
 	}
 	st.sentFlush = flush
 	st.lastStatus = now
+	st.s.cfg.Observe.Confirmed(uint64(flush))
 	st.unreported = false
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/pgcdc/pgcdc/internal/change"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/errs"
+	"github.com/pgcdc/pgcdc/internal/observe"
 	"github.com/pgcdc/pgcdc/internal/pgident"
 	"github.com/pgcdc/pgcdc/internal/rowjson"
 )
@@ -67,7 +68,7 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 			return &errs.Fatal{Err: fmt.Errorf("source %s: %w", s.label, err)}
 		}
 	}
-	disp := dispatch.New(dispatch.Config{DeadLetter: dl, Logger: s.cfg.Logger})
+	disp := dispatch.New(dispatch.Config{DeadLetter: dl, Logger: s.cfg.Logger, OnRetry: s.cfg.Observe.Retry})
 	for _, t := range s.cfg.Tables {
 		disp.Add(t.Schema, t.Table, t.Route)
 	}
@@ -77,6 +78,7 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 	s.cfg.Logger.Info("pgcdc: consuming trigger events", "source", s.cfg.Name, "table", pgident.Qualified(s.cfg.Schema, EventTable), "claimer", s.claimer)
 
 	s.consumed = true
+	s.cfg.Observe.SetState(observe.Streaming, nil)
 	sessCtx, fail := context.WithCancelCause(readCtx)
 	var wg sync.WaitGroup
 	wg.Add(2)

@@ -18,6 +18,7 @@ import (
 	"github.com/pgcdc/pgcdc/internal/backoff"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/errs"
+	"github.com/pgcdc/pgcdc/internal/observe"
 	"github.com/pgcdc/pgcdc/internal/pgident"
 	"github.com/pgcdc/pgcdc/internal/rowjson"
 )
@@ -62,6 +63,8 @@ type Config struct {
 	// ClaimTimeout is how long a claim lasts unless renewed (the consumer
 	// renews its claims every ClaimTimeout/3); 0 means DefaultClaimTimeout.
 	ClaimTimeout time.Duration
+	// Observe, if set, is told the source's state and retries.
+	Observe *observe.Source
 }
 
 // Source consumes the event table of one database for one set of routes.
@@ -172,7 +175,8 @@ func (s *Source) tableArrays() (schemas, names []string) {
 // privilege, a refused login). Connection errors are retried with backoff
 // between MinReconnect and MaxReconnect, each reported to OnError. Run must
 // not be called again before it returned.
-func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
+func (s *Source) Run(ctx context.Context, stop <-chan struct{}) (err error) {
+	defer func() { s.cfg.Observe.SetState(observe.Stopped, err) }()
 	if len(s.cfg.Tables) == 0 {
 		return &errs.Fatal{Err: fmt.Errorf("%w: source %s: no routed table", errs.ErrConfig, s.label)}
 	}
@@ -188,6 +192,7 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 	wait := backoff.Backoff{Min: s.cfg.MinReconnect, Max: s.cfg.MaxReconnect}
 	for {
 		s.consumed = false
+		s.cfg.Observe.SetState(observe.Connecting, nil)
 		err := s.session(ctx, readCtx)
 		if s.consumed {
 			// A session that consumed was a success: the next failure is a
@@ -207,6 +212,7 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 			err = errors.New("session ended")
 		}
 		delay := wait.Next()
+		s.cfg.Observe.SetState(observe.BackingOff, err)
 		s.cfg.Logger.Warn("pgcdc: trigger source disconnected; reconnecting", "source", s.cfg.Name, "error", err, "retry_in", delay)
 		if s.cfg.OnError != nil {
 			s.cfg.OnError(err)
