@@ -1,6 +1,7 @@
 package pgcdc
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strconv"
@@ -48,6 +49,9 @@ type EventPayload struct {
 	// Data: PostgreSQL before version 18 does not publish them to logical
 	// replication (the trigger capture mode has them).
 	OmittedGenerated []string `json:"omitted_generated,omitempty"`
+	// Context is the writer's context of the change's transaction
+	// (SetTxContext), or nil when none was set.
+	Context json.RawMessage `json:"context,omitempty"`
 }
 
 // EventPayloadData holds the old and new rows, as JSON objects exactly as
@@ -112,7 +116,8 @@ func (e *EventContext) Message() []byte { return e.c.Message }
 // Key is the event_id.
 func (e *EventContext) Key() string { return e.c.EventID }
 
-// Header holds metadata: source_name, schema, table, action, lsn, xid.
+// Header holds metadata: source_name, schema, table, action, lsn, xid, and
+// context when the writer set one (SetTxContext).
 func (e *EventContext) Header() map[string]string {
 	if e.header == nil {
 		e.header = map[string]string{
@@ -122,6 +127,11 @@ func (e *EventContext) Header() map[string]string {
 			"action":      e.c.Action,
 			"lsn":         lsnString(e.c.LSN),
 			"xid":         strconv.FormatUint(uint64(e.c.XID), 10),
+		}
+		if bytes.Contains(e.c.Message, []byte(`,"context":`)) {
+			if ev := e.Event(); ev != nil && len(ev.Context) > 0 {
+				e.header["context"] = string(ev.Context)
+			}
 		}
 	}
 	return e.header

@@ -26,6 +26,7 @@ type handlerConfig struct {
 	maxRetries    int
 	retriesSet    bool
 	truncate      bool
+	filter        filter
 }
 
 // WithMaxGoroutines overrides SetMaxGoroutines for one route (1 to
@@ -346,6 +347,10 @@ func (w *Worker) plan() ([]logical.Config, error) {
 				o(&hc)
 			}
 		}
+		if msg := hc.filter.check(); msg != "" {
+			bad("route %q: %s", h.route, msg)
+			continue
+		}
 		if hc.maxGoroutines < 1 || hc.maxGoroutines > MaxGoroutinesLimit || hc.maxRetries < 0 {
 			bad("route %q: WithMaxGoroutines must be from 1 to %d and WithMaxRetries not negative", h.route, MaxGoroutinesLimit)
 			continue
@@ -360,10 +365,14 @@ func (w *Worker) plan() ([]logical.Config, error) {
 			}
 			continue
 		}
+		var f *filter
+		if !hc.filter.empty() {
+			f = &hc.filter
+		}
 		cfg.Tables = append(cfg.Tables, logical.Table{Schema: schema, Table: name, Route: dispatch.Route{
-			Name: h.route, Handler: w.adapt(src, h.route, h.fn), Lanes: hc.maxGoroutines,
+			Name: h.route, Handler: w.adapt(src, h.route, h.fn, f), Lanes: hc.maxGoroutines,
 			Truncate: hc.truncate, Retry: retry,
-		}})
+		}, Columns: hc.filter.include, Exclude: hc.filter.exclude, NeedOld: len(hc.filter.changed) > 0})
 	}
 	var out []logical.Config
 	for _, name := range order {
@@ -410,10 +419,27 @@ func (w *Worker) sourceConfig(s source) logical.Config {
 }
 
 // adapt turns a HandlerFunc into the dispatcher's handler.
-func (w *Worker) adapt(source, route string, fn HandlerFunc) dispatch.Handler {
+// f, when not nil, filters the events first (see WithActions).
+func (w *Worker) adapt(source, route string, fn HandlerFunc, f *filter) dispatch.Handler {
 	wt, debug, log := w.opt.workerType, w.opt.debugMode, w.opt.logger
 	obs, hooks, timed := w.obs[source], &w.opt.hooks, len(w.opt.hooks.handled) > 0
 	return func(ctx context.Context, c *change.Change) error {
+		if f != nil {
+			msg, skip, err := f.apply(c.Action, c.Message)
+			if err != nil {
+				return err
+			}
+			if skip {
+				ec := &EventContext{ctx: ctx, c: c, route: route, workerType: wt, filtered: true}
+				hooks.eventHandled(obs, ec, time.Now(), nil)
+				return nil
+			}
+			if len(msg) != len(c.Message) {
+				fc := *c
+				fc.Message = msg
+				c = &fc
+			}
+		}
 		ec := &EventContext{ctx: ctx, c: c, route: route, workerType: wt}
 		if debug {
 			log.Info("pgcdc: event", "route", route, "event_id", c.EventID, "action", c.Action, "lsn", lsnString(c.LSN))

@@ -69,6 +69,15 @@ const TxKey = "\x00.tx"
 type Table struct {
 	Schema, Table string
 	Route         Route
+	// Columns, when set, lists the only columns the route's events carry;
+	// a capture engine that can have the server leave the others out does.
+	// (The handler adapter filters them in any case.)
+	Columns []string
+	// Exclude lists columns the route's events never carry (see Columns).
+	Exclude []string
+	// NeedOld: the route needs the full old row of UPDATEs (REPLICA
+	// IDENTITY FULL in the logical mode).
+	NeedOld bool
 }
 
 // DeadLetter stores a change whose handler kept failing.

@@ -5,6 +5,7 @@ import (
 	"crypto/md5"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -57,6 +58,9 @@ type decoder struct {
 	commitTime time.Time
 	seq        int
 	sourceJSON []byte
+	// txContext is the writer's context of the transaction being decoded
+	// (a "pgcdc" logical message, see SetTxContext), as JSON; nil if none.
+	txContext []byte
 }
 
 // decoderConfig is what a decoder is given by its source.
@@ -94,6 +98,21 @@ func newDecoder(cfg decoderConfig) *decoder {
 
 func (d *decoder) begin(m *pglogrepl.BeginMessage) {
 	d.commitLSN, d.xid, d.commitTime, d.seq = m.FinalLSN, m.Xid, m.CommitTime, 0
+	d.txContext = nil
+}
+
+// ContextPrefix is the prefix of the transactional logical messages that
+// carry a writer's context (pg_logical_emit_message(true, 'pgcdc', json)).
+const ContextPrefix = "pgcdc"
+
+// writerContext turns a context message's content into the JSON of the
+// events' "context" field: the object as sent, or, when it is not JSON, a
+// JSON string of it (nothing the writer sent is dropped).
+func writerContext(content []byte) []byte {
+	if json.Valid(content) {
+		return append([]byte(nil), content...)
+	}
+	return rowjson.AppendString(nil, strings.ToValidUTF8(string(content), "\uFFFD"))
 }
 
 // relation learns what the catalog says of an announced relation, then
@@ -346,7 +365,12 @@ func (d *decoder) appendBody(b []byte, r *relation, action string, oldT, newT *p
 		}
 		b = append(b, ']')
 	}
-	return append(b, r.omittedJSON...)
+	b = append(b, r.omittedJSON...)
+	if d.txContext != nil {
+		b = append(b, `,"context":`...)
+		b = append(b, d.txContext...)
+	}
+	return b
 }
 
 // appendTail writes the commit's fields and closes the event.

@@ -21,6 +21,49 @@ type tableInfo struct {
 	oid      uint32
 	identity byte // relreplident: d, f, i, n
 	hasPK    bool
+	columns  string // the publication's column list, " (a, b)", or ""
+}
+
+// columnList is the publication column list that keeps a route's filtered
+// columns on the server: only for a table whose replica identity is its
+// primary key on PostgreSQL 15 or later (the list must cover the replica
+// identity, or PostgreSQL would reject the table's UPDATEs and DELETEs).
+// Elsewhere it is "" and pgcdc filters the columns itself.
+func (s *Source) columnList(ctx context.Context, pool *pgxpool.Pool, t Table, ti tableInfo) (string, error) {
+	qname := pgident.Qualified(t.Schema, t.Table)
+	rows, err := pool.Query(ctx, `SELECT a.attname, EXISTS (SELECT 1 FROM pg_index i
+			WHERE i.indrelid = a.attrelid AND i.indisprimary AND a.attnum = ANY (i.indkey))
+		FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+			AND a.attgenerated = '' ORDER BY a.attnum`, ti.oid)
+	if err != nil {
+		return "", fmt.Errorf("source %s: reading the columns of %s: %w", s.label(), qname, err)
+	}
+	var keep []string
+	for rows.Next() {
+		var name string
+		var pk bool
+		if err := rows.Scan(&name, &pk); err != nil {
+			rows.Close()
+			return "", fmt.Errorf("source %s: reading the columns of %s: %w", s.label(), qname, err)
+		}
+		kept := slices.Contains(t.Columns, name) || (len(t.Columns) == 0 && !slices.Contains(t.Exclude, name))
+		if pk && !kept {
+			rows.Close()
+			return "", fatalf(errs.ErrConfig, "source %s: route %q leaves out column %q of %s, which is part of its primary key: the key identifies the row in every event, so it cannot be filtered out", s.label(), t.Route.Name, name, qname)
+		}
+		if kept {
+			keep = append(keep, pgident.Quote(name))
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return "", fmt.Errorf("source %s: reading the columns of %s: %w", s.label(), qname, err)
+	}
+	if ti.identity != 'd' || !ti.hasPK || s.serverVersion < 150000 {
+		s.cfg.Logger.Info("pgcdc: the server sends every column of this table (no publication column list with its replica identity); pgcdc leaves the filtered columns out before the handler",
+			"source", s.cfg.Name, "table", qname)
+		return "", nil
+	}
+	return " (" + strings.Join(keep, ", ") + ")", nil
 }
 
 func fatalf(sentinel error, format string, args ...any) error {
@@ -90,6 +133,18 @@ func (s *Source) check(ctx context.Context, pool *pgxpool.Pool) error {
 		if ti.identity == 'n' || (ti.identity == 'd' && !ti.hasPK) {
 			problems = append(problems, fatalf(errs.ErrNoReplicaIdentity, "source %s: table %s has no primary key and no replica identity, so PostgreSQL would reject its UPDATEs and DELETEs once it is published: add a primary key or run ALTER TABLE %s REPLICA IDENTITY FULL", s.label(), qname, qname))
 			continue
+		}
+		if t.NeedOld && ti.identity != 'f' {
+			problems = append(problems, fatalf(errs.ErrConfig, "source %s: route %q filters UPDATEs by changed columns (WithChangedColumns), which needs the old row: run ALTER TABLE %s REPLICA IDENTITY FULL", s.label(), t.Route.Name, qname))
+			continue
+		}
+		if len(t.Columns) > 0 || len(t.Exclude) > 0 {
+			spec, err := s.columnList(ctx, pool, t, ti)
+			if err != nil {
+				problems = append(problems, err)
+				continue
+			}
+			ti.columns = spec
 		}
 		s.tables[t.Schema+"."+t.Table] = ti
 		s.live = append(s.live, t)
@@ -173,7 +228,7 @@ func relkindName(kind string) string {
 func (s *Source) ensurePublication(ctx context.Context, pool *pgxpool.Pool) error {
 	want := make([]string, 0, len(s.live))
 	for _, t := range s.live {
-		want = append(want, pgident.Qualified(t.Schema, t.Table))
+		want = append(want, pgident.Qualified(t.Schema, t.Table)+s.tables[t.Schema+"."+t.Table].columns)
 	}
 	slices.Sort(want)
 	list := strings.Join(want, ", ")
@@ -196,7 +251,12 @@ func (s *Source) ensurePublication(ctx context.Context, pool *pgxpool.Pool) erro
 		s.cfg.Logger.Info("pgcdc: created publication", "source", s.cfg.Name, "publication", s.cfg.Publication, "tables", list)
 		return nil
 	}
-	rows, err := pool.Query(ctx, `SELECT n.nspname, c.relname FROM pg_publication_rel pr
+	cols := `'{}'::text[]`
+	if s.serverVersion >= 150000 {
+		cols = `coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+			WHERE a.attrelid = c.oid AND a.attnum = ANY (pr.prattrs)), '{}')`
+	}
+	rows, err := pool.Query(ctx, `SELECT n.nspname, c.relname, `+cols+` FROM pg_publication_rel pr
 		JOIN pg_publication p ON p.oid = pr.prpubid
 		JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE p.pubname = $1`, s.cfg.Publication)
@@ -205,8 +265,16 @@ func (s *Source) ensurePublication(ctx context.Context, pool *pgxpool.Pool) erro
 	}
 	have, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
 		var sch, tab string
-		err := r.Scan(&sch, &tab)
-		return pgident.Qualified(sch, tab), err
+		var attrs []string
+		err := r.Scan(&sch, &tab, &attrs)
+		spec := pgident.Qualified(sch, tab)
+		if len(attrs) > 0 {
+			for i := range attrs {
+				attrs[i] = pgident.Quote(attrs[i])
+			}
+			spec += " (" + strings.Join(attrs, ", ") + ")"
+		}
+		return spec, err
 	})
 	if err != nil {
 		return fmt.Errorf("source %s: reading publication: %w", s.label(), err)

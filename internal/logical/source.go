@@ -290,11 +290,13 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 	}
 	s.tracker = checkpoint.New(uint64(start))
 
-	args := []string{"proto_version '1'", "publication_names " + pgident.Literal(s.cfg.Publication)}
+	// messages: the writers' contexts (SetTxContext) come as logical
+	// messages.
+	args := []string{"proto_version '1'", "publication_names " + pgident.Literal(s.cfg.Publication), "messages 'true'"}
 	if !s.cfg.NoStreaming && serverMajor(conn) >= 14 {
 		// Large transactions arrive while in progress and wait in pgcdc's
 		// buffer, not in the server's spill files.
-		args = []string{"proto_version '2'", "streaming 'on'", "publication_names " + pgident.Literal(s.cfg.Publication)}
+		args = []string{"proto_version '2'", "streaming 'on'", "publication_names " + pgident.Literal(s.cfg.Publication), "messages 'true'"}
 	}
 	err = pglogrepl.StartReplication(readCtx, conn, s.cfg.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {

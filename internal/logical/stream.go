@@ -162,6 +162,17 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 		return st.commit(ctx, m.TransactionEndLSN)
 	case *pglogrepl.RelationMessage:
 		return st.dec.relation(ctx, m)
+	case *pglogrepl.LogicalDecodingMessage:
+		if !m.Transactional || m.Prefix != ContextPrefix {
+			return nil
+		}
+		if st.inStream {
+			if t := st.streams[st.streamXid]; t != nil {
+				t.ctx = writerContext(m.Content)
+			}
+			return nil
+		}
+		st.dec.txContext = writerContext(m.Content)
 	case *pglogrepl.TruncateMessage:
 		if st.inStream {
 			return st.streamed(xid, st.dec.truncateRecords(m)...)
@@ -189,6 +200,9 @@ func (st *stream) row(ctx context.Context, data []byte) error {
 		return st.undecodable(err)
 	}
 	if st.inStream {
+		if t := st.streams[st.streamXid]; t != nil {
+			st.dec.txContext = t.ctx
+		}
 		rec, err := st.dec.record(m)
 		if err != nil {
 			return err

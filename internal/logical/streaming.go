@@ -28,6 +28,7 @@ import (
 type streamedTxn struct {
 	buf  *txbuf.Buffer
 	subs map[uint32]txbuf.Pos // where each subtransaction's first change is
+	ctx  []byte               // the writer's context (see decoder.txContext)
 }
 
 // Record kinds in a streamed transaction's buffer.

@@ -1,0 +1,72 @@
+package pgcdc_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgcdc/pgcdc"
+	"github.com/pgcdc/pgcdc/internal/pgtest"
+)
+
+// A writer's context reaches every event of its transaction (also a large
+// one that arrives streamed), and only those.
+func TestWriterContext(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	exec(t, dsn, `CREATE TABLE t (id int PRIMARY KEY, pad text)`)
+	rec := newRecorder()
+	smallMem := pgcdc.SetDBOption(func(c *pgconn.Config) { c.RuntimeParams["logical_decoding_work_mem"] = "64kB" })
+	w := newWorker(t, pgcdc.SetPostgresDSN(dsn), smallMem)
+	w.Handle("t", rec.handle)
+	serve(t, w)
+	waitStreaming(t, dsn, defaultSlot)
+
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	write := func(values map[string]any, sql string) {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if values != nil {
+			if err := pgcdc.SetTxContext(ctx, tx, values); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(map[string]any{"actor": "u42", "request_id": "r-1"}, `INSERT INTO t VALUES (1), (2)`)
+	write(nil, `INSERT INTO t VALUES (3)`)
+	write(map[string]any{"actor": "batch"}, `INSERT INTO t SELECT i, repeat('x', 200) FROM generate_series(10, 2009) i`) // streamed
+	evs := rec.waitCount(t, 2003)
+	for i, ev := range evs {
+		want := ""
+		switch {
+		case i < 2:
+			want = `{"actor":"u42","request_id":"r-1"}`
+		case i >= 3:
+			want = `{"actor":"batch"}`
+		}
+		if string(ev.Context) != want {
+			t.Fatalf("event %d context %s, want %q", i, ev.Context, want)
+		}
+	}
+	rec.mu.Lock()
+	h := rec.header[0]["context"]
+	rec.mu.Unlock()
+	if !strings.Contains(h, `"u42"`) {
+		t.Fatalf("Header()[context] = %q", h)
+	}
+}
