@@ -60,9 +60,9 @@ func (f *filter) empty() bool {
 func (f *filter) check() string {
 	for _, a := range f.actions {
 		switch a {
-		case ActionInsert, ActionUpdate, ActionDelete, ActionTruncate:
+		case ActionInsert, ActionUpdate, ActionDelete, ActionTruncate, ActionRead:
 		default:
-			return fmt.Sprintf("WithActions(%q): want INSERT, UPDATE, DELETE or TRUNCATE", a)
+			return fmt.Sprintf("WithActions(%q): want INSERT, UPDATE, DELETE, TRUNCATE or READ", a)
 		}
 	}
 	if len(f.include) > 0 && len(f.exclude) > 0 {

@@ -51,6 +51,7 @@ type option struct {
 	deadLetterTable      string
 	deadLetterOff        bool
 	deadLetterSet        bool
+	snapshot             SnapshotMode
 	recreateLostSlot     bool
 	txBufferBytes        int64
 	noStreaming          bool

@@ -70,3 +70,52 @@ func TestWriterContext(t *testing.T) {
 		t.Fatalf("Header()[context] = %q", h)
 	}
 }
+
+// BenchmarkWriterContext measures single-row write transactions with and
+// without a writer context, while a worker captures them:
+//
+//	go test -run '^$' -bench WriterContext -benchtime 3000x .
+func BenchmarkWriterContext(b *testing.B) {
+	dsn := pgtest.NewDatabase(b)
+	pgtest.Exec(b, dsn, `CREATE TABLE bt (id bigserial PRIMARY KEY, v int)`)
+	w, err := pgcdc.NewWorker(pgcdc.SetPostgresDSN(dsn))
+	if err != nil {
+		b.Fatal(err)
+	}
+	w.Handle("bt", func(*pgcdc.EventContext) error { return nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- w.Serve(ctx) }()
+	defer func() { cancel(); <-errc }()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	values := map[string]any{"actor": "u42", "request_id": "0f8fad5b-d9cb-469f-a165-70867728950e"}
+	for _, withContext := range []bool{false, true} {
+		name := "plain"
+		if withContext {
+			name = "context"
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				tx, err := conn.Begin(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if withContext {
+					if err := pgcdc.SetTxContext(ctx, tx, values); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if _, err := tx.Exec(ctx, `INSERT INTO bt (v) VALUES (1)`); err != nil {
+					b.Fatal(err)
+				}
+				if err := tx.Commit(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

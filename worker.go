@@ -27,6 +27,7 @@ type handlerConfig struct {
 	retriesSet    bool
 	truncate      bool
 	filter        filter
+	snapshot      SnapshotMode
 }
 
 // WithMaxGoroutines overrides SetMaxGoroutines for one route (1 to
@@ -341,11 +342,23 @@ func (w *Worker) plan() ([]logical.Config, error) {
 			continue
 		}
 		seen[key] = h.route
-		hc := handlerConfig{maxGoroutines: w.opt.maxGoroutines, maxRetries: w.opt.maxRetries}
+		hc := handlerConfig{maxGoroutines: w.opt.maxGoroutines, maxRetries: w.opt.maxRetries, snapshot: w.opt.snapshot}
 		for _, o := range h.opts {
 			if o != nil {
 				o(&hc)
 			}
+		}
+		switch {
+		case hc.snapshot == "" || hc.snapshot == SnapshotNever:
+		case hc.snapshot == SnapshotInitial && h.tx:
+			bad("route %q: snapshots are delivered to Handle routes, not to HandleTx", h.route)
+			continue
+		case hc.snapshot == SnapshotInitial && w.opt.captureMode == CaptureTrigger:
+			bad("route %q: snapshots need the logical capture mode (SetCaptureMode(CaptureLogical) or CaptureAuto with a role allowed to replicate)", h.route)
+			continue
+		case hc.snapshot != SnapshotInitial:
+			bad("route %q: snapshot mode %q: want %q or %q", h.route, hc.snapshot, SnapshotNever, SnapshotInitial)
+			continue
 		}
 		if msg := hc.filter.check(); msg != "" {
 			bad("route %q: %s", h.route, msg)
@@ -372,7 +385,8 @@ func (w *Worker) plan() ([]logical.Config, error) {
 		cfg.Tables = append(cfg.Tables, logical.Table{Schema: schema, Table: name, Route: dispatch.Route{
 			Name: h.route, Handler: w.adapt(src, h.route, h.fn, f), Lanes: hc.maxGoroutines,
 			Truncate: hc.truncate, Retry: retry,
-		}, Columns: hc.filter.include, Exclude: hc.filter.exclude, NeedOld: len(hc.filter.changed) > 0})
+		}, Columns: hc.filter.include, Exclude: hc.filter.exclude, NeedOld: len(hc.filter.changed) > 0,
+			Snapshot: hc.snapshot == SnapshotInitial})
 	}
 	var out []logical.Config
 	for _, name := range order {
@@ -392,7 +406,7 @@ func (w *Worker) plan() ([]logical.Config, error) {
 func (w *Worker) sourceConfig(s source) logical.Config {
 	name := w.slotName(s.name)
 	cfg := logical.Config{
-		Name: s.name, DSN: s.dsn, Slot: name, Publication: name,
+		Name: s.name, DSN: s.dsn, Slot: name, Publication: name, StateSchema: w.opt.triggerSchema,
 		MinReconnect: w.opt.minReconnectInterval, MaxReconnect: w.opt.maxReconnectInterval,
 		OnError: w.opt.onErrorConnection, Logger: w.opt.logger,
 		RecreateLostSlot: w.opt.recreateLostSlot,

@@ -78,6 +78,9 @@ type Table struct {
 	// NeedOld: the route needs the full old row of UPDATEs (REPLICA
 	// IDENTITY FULL in the logical mode).
 	NeedOld bool
+	// Snapshot: read the table's existing rows when the route is first
+	// served (see logical.SnapshotRequest).
+	Snapshot bool
 }
 
 // DeadLetter stores a change whose handler kept failing.

@@ -38,7 +38,10 @@ type Locker interface {
 
 // Config configures a Source.
 type Config struct {
-	Name        string // source name, "" for the default source
+	Name string // source name, "" for the default source
+	// StateSchema is the schema of pgcdc's own tables (snapshot progress);
+	// "" means pgcdc.
+	StateSchema string
 	DSN         string
 	Slot        string
 	Publication string
@@ -75,7 +78,8 @@ type Source struct {
 	tables        map[string]tableInfo
 	live          []Table // the routed tables that exist (see check)
 	sqlASCII      bool    // server_encoding SQL_ASCII: text may hold any bytes
-	serverVersion int     // server_version_num
+	snap          *snapshots
+	serverVersion int // server_version_num
 	hadSlot       bool
 	types         *rowjson.Types
 	tracker       *checkpoint.Tracker
@@ -92,7 +96,10 @@ func New(cfg Config) *Source {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Source{cfg: cfg, types: rowjson.NewTypes()}
+	if cfg.StateSchema == "" {
+		cfg.StateSchema = "pgcdc"
+	}
+	return &Source{cfg: cfg, types: rowjson.NewTypes(), snap: newSnapshots()}
 }
 
 func (s *Source) label() string {
@@ -329,7 +336,15 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 		defer close(lagDone)
 		s.watchLag(lagCtx, pool)
 	}()
+	snapDone := make(chan struct{})
+	snapCtx, stopSnap := context.WithCancel(readCtx)
+	go func() {
+		defer close(snapDone)
+		s.runSnapshots(snapCtx, pool)
+	}()
 	err = st.run(readCtx)
+	stopSnap()
+	<-snapDone
 	stopLag()
 	<-lagDone
 	return s.finish(ctx, readCtx, conn, err)

@@ -39,9 +39,10 @@ type stream struct {
 	serverEnd  pglogrepl.LSN           // server's WAL end from the last message
 	sentFlush  pglogrepl.LSN
 	lastStatus time.Time
-	unreported bool         // the confirmed position moved since the last report
-	idle       func() error // answers the server while a handler runs
-	rowMsg     rowMsg       // the row message being handled (reused)
+	unreported bool               // the confirmed position moved since the last report
+	idle       func() error       // answers the server while a handler runs
+	windows    map[string]*window // open snapshot chunks, by watermark id
+	rowMsg     rowMsg             // the row message being handled (reused)
 }
 
 // minStatusGap limits how often a moved position is reported.
@@ -163,6 +164,9 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 	case *pglogrepl.RelationMessage:
 		return st.dec.relation(ctx, m)
 	case *pglogrepl.LogicalDecodingMessage:
+		if m.Transactional && m.Prefix == SnapshotPrefix && !st.inStream {
+			return st.onWatermark(ctx, m.Content)
+		}
 		if !m.Transactional || m.Prefix != ContextPrefix {
 			return nil
 		}
@@ -219,6 +223,9 @@ func (st *stream) row(ctx context.Context, data []byte) error {
 // handleChange routes one change of the current transaction: grouped for a
 // transaction handler, or to its lane.
 func (st *stream) handleChange(ctx context.Context, c *change.Change) error {
+	if len(st.windows) > 0 {
+		st.noteChange(c)
+	}
 	if st.s.disp.IsTx(c) {
 		if c.Action == change.Truncate {
 			return nil
