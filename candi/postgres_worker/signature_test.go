@@ -48,9 +48,9 @@ var (
 	// Struct conversions compile only when field names and types match.
 	// (EventPayload holds an EventPayloadData, a different named type in
 	// each package: TestStructTagsMatchCandi compares it field by field.)
-	_ = EventPayloadData(candipw.EventPayloadData{})
-	_ = PostgresHandlerRouteKey(candipw.PostgresHandlerRouteKey{})
-	_ *PostgresSource = (*PostgresSource)(nil)
+	_                         = EventPayloadData(candipw.EventPayloadData{})
+	_                         = PostgresHandlerRouteKey(candipw.PostgresHandlerRouteKey{})
+	_ *PostgresSource         = (*PostgresSource)(nil)
 	_ *candipw.PostgresSource = (*candipw.PostgresSource)(nil)
 
 	// Methods.
