@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/golangid/candi v1.17.16
+	github.com/gomodule/redigo v1.9.2
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/pgcdc/pgcdc v0.0.0
 )
@@ -12,7 +13,6 @@ require (
 	github.com/golang-jwt/jwt v3.2.2+incompatible // indirect
 	github.com/golang/snappy v0.0.4 // indirect
 	github.com/golangid/graphql-go v0.0.9 // indirect
-	github.com/gomodule/redigo v1.9.2 // indirect
 	github.com/jackc/pgio v1.0.0 // indirect
 	github.com/jackc/pglogrepl v0.0.0-20251213150135-2e8d0df862c1 // indirect
 	github.com/jackc/pgpassfile v1.0.0 // indirect
@@ -20,6 +20,7 @@ require (
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
 	github.com/joho/godotenv v1.5.1 // indirect
 	github.com/klauspost/compress v1.17.8 // indirect
+	github.com/lib/pq v1.10.9 // indirect
 	github.com/montanaflynn/stats v0.7.1 // indirect
 	github.com/opentracing/opentracing-go v1.2.0 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
