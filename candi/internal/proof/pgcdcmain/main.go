@@ -10,10 +10,12 @@ import (
 
 	"github.com/golangid/candi/candiutils"
 	"github.com/golangid/candi/codebase/app"
-	postgresworker "github.com/pgcdc/pgcdc/candi/postgres_worker"
 	"github.com/golangid/candi/config/env"
 	"github.com/gomodule/redigo/redis"
 	"github.com/pgcdc/pgcdc/candi/internal/proofsvc"
+
+	// The one line that differs:
+	postgresworker "github.com/pgcdc/pgcdc/candi/postgres_worker"
 )
 
 func main() {
