@@ -11,9 +11,9 @@ import (
 	"github.com/pgcdc/pgcdc/internal/pgtest"
 )
 
-// writeRows inserts orders 1..n, one transaction each, about one per
+// writeRows inserts orders from..to, one transaction each, about one per
 // millisecond, and reports the first error (nil when all committed).
-func writeRows(dsn string, n int) <-chan error {
+func writeRows(dsn string, from, to int) <-chan error {
 	done := make(chan error, 1)
 	go func() {
 		ctx := context.Background()
@@ -25,7 +25,7 @@ func writeRows(dsn string, n int) <-chan error {
 		defer conn.Close(ctx)
 		pace := time.NewTicker(time.Millisecond)
 		defer pace.Stop()
-		for i := 1; i <= n; i++ {
+		for i := from; i <= to; i++ {
 			<-pace.C
 			if _, err := conn.Exec(ctx, `INSERT INTO orders (id, note) VALUES ($1, 'kill test')`, i); err != nil {
 				done <- fmt.Errorf("insert %d: %w", i, err)
@@ -51,7 +51,7 @@ func TestKill9(t *testing.T) {
 			ping(t, dsn, "customers", out)
 			ping(t, dsn, "orders", out)
 
-			writer := writeRows(dsn, n)
+			writer := writeRows(dsn, 1, n)
 			waitFor(t, out, 2*time.Minute, "a third of the rows", func(evs []event) bool { return len(real(evs, "orders")) >= n/3 })
 			a.kill()
 			killedAt := len(real(readEvents(t, out), "orders"))
