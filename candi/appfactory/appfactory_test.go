@@ -5,8 +5,8 @@ import (
 	"testing"
 
 	candipw "github.com/golangid/candi/codebase/app/postgres_worker"
-	candiappfactory "github.com/golangid/candi/codebase/factory/appfactory"
 	"github.com/golangid/candi/codebase/factory"
+	candiappfactory "github.com/golangid/candi/codebase/factory/appfactory"
 	"github.com/golangid/candi/codebase/factory/dependency"
 	"github.com/golangid/candi/codebase/factory/types"
 	candiconfig "github.com/golangid/candi/config"
