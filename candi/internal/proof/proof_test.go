@@ -374,6 +374,9 @@ func TestSameEventsAsCandi(t *testing.T) {
 				note, _ := o.new["note"].(string)
 				diffs = append(diffs, fmt.Sprintf("%s: candi sent is_too_long_payload (new_id %s) and re-read the row itself; pgcdc sent the whole row (note of %d bytes)",
 					where, c.payload.Data["new_id"], len(note)))
+				cn := string(c.payload.Data["new"])
+				cn = strings.ReplaceAll(cn, strings.Repeat("x", 10000), "<10000 x>")
+				t.Logf("FIGURE bytes: candi's re-read large row: new = %s", cn)
 				if len(note) != 10000 {
 					t.Errorf("%s: pgcdc note is %d bytes, want 10000", where, len(note))
 				}
@@ -384,6 +387,19 @@ func TestSameEventsAsCandi(t *testing.T) {
 			diffs = append(diffs, compareRows(where+" new", c.new, o.new)...)
 		}
 	}
+	// Byte-level differences a handler reading Message() as text can see:
+	// candi's json.Marshal escapes <, > and & and sorts the columns by name;
+	// pgcdc keeps PostgreSQL's text and the table's column order.
+	cm, om := string(co[0].payload.Data["new"]), string(po[0].payload.Data["new"])
+	if !strings.Contains(cm, `"note":"\u003cb\u003e\u0026\u003c/b\u003e"`) || !strings.Contains(om, `"note":"<b>&</b>"`) {
+		t.Errorf("note: candi %s, pgcdc %s", cm, om)
+	}
+	if !strings.HasPrefix(cm, `{"big":42,"customer_id":1,`) || !strings.HasPrefix(om, `{"id":10,"customer_id":1,"total":12.50,`) {
+		t.Errorf("column order: candi %s, pgcdc %s", cm, om)
+	}
+	t.Logf("FIGURE bytes: candi new = %s", cm)
+	t.Logf("FIGURE bytes: pgcdc new = %s", om)
+
 	// The only differences allowed: candi's lossy rendering of bigint
 	// 9007199254740993 (through float64) and its cut of the large row.
 	want := map[string]bool{

@@ -10,6 +10,7 @@
 package proofsvc
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -105,15 +106,18 @@ func (h *handler) record(name string, ec *candishared.EventContext) error {
 	if !json.Valid(msg) {
 		return fmt.Errorf("proofsvc: message is not JSON: %q", msg)
 	}
-	b, err := json.Marshal(Line{
+	// The message is kept as the handler got it (no HTML escaping added).
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(Line{
 		Instance: h.instance, Handler: name, Route: ec.HandlerRoute(), Key: ec.Key(),
 		WorkerType: ec.WorkerType(), Header: ec.Header(), Message: msg,
-	})
-	if err != nil {
+	}); err != nil {
 		return err
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	_, err = h.out.Write(append(b, '\n'))
+	_, err := h.out.Write(b.Bytes()) // one write(2) per line
 	return err
 }
