@@ -233,6 +233,8 @@ func TestHandlerErrors(t *testing.T) {
 func TestConfigErrorPanicsInServe(t *testing.T) {
 	mod := &testModule{wt: types.PostgresListener, mount: func(g *types.WorkerHandlerGroup) {
 		g.Add(CreateHandlerRoute("nosuch", "t"), func(*candishared.EventContext) error { return nil })
+		g.Add("twice", func(*candishared.EventContext) error { return nil })
+		g.Add("twice", func(*candishared.EventContext) error { return nil })
 	}}
 	w := NewWorker(&testService{mods: []factory.ModuleFactory{mod}}, SetPostgresDSN("postgres://u@127.0.0.1:1/db"), SetDebugMode(false))
 	var p any
@@ -241,8 +243,8 @@ func TestConfigErrorPanicsInServe(t *testing.T) {
 		w.Serve()
 	}()
 	err, ok := p.(error)
-	if !ok || !strings.Contains(err.Error(), "source name 'nosuch' unregistered") {
-		t.Fatalf("Serve panicked with %v, want the unregistered source error", p)
+	if !ok || !strings.Contains(err.Error(), "source name 'nosuch' unregistered") || !strings.Contains(err.Error(), "table 'twice' is mounted twice") {
+		t.Fatalf("Serve panicked with %v, want the unregistered source and double mount errors", p)
 	}
 }
 
