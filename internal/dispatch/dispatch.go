@@ -247,16 +247,20 @@ func (d *Dispatcher) route(c *change.Change) (*table, *lane) {
 }
 
 // lane returns lane i of t, making it (and starting its goroutine) on
-// first use. A lane's queue holds QueueSize changes shared among the
-// table's lanes (at least 64 each): many lanes do not multiply the memory
-// a table may queue.
+// first use. A lane's queue holds QueueSize changes while a table has at
+// most 16 lanes; with more, 16×QueueSize shared among them (at least 256
+// each): many lanes do not multiply the memory a table's queues take.
 func (d *Dispatcher) lane(t *table, i int) *lane {
 	t.laneMu.Lock()
 	defer t.laneMu.Unlock()
 	if l := t.lanes[i]; l != nil {
 		return l
 	}
-	l := &lane{ch: make(chan item, max(64, d.cfg.QueueSize/len(t.lanes)))}
+	size := d.cfg.QueueSize
+	if n := len(t.lanes); n > 16 {
+		size = max(256, 16*d.cfg.QueueSize/n)
+	}
+	l := &lane{ch: make(chan item, size)}
 	t.lanes[i] = l
 	if !t.route.Tx {
 		d.wg.Add(1)

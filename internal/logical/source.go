@@ -79,7 +79,8 @@ type Source struct {
 	live          []Table // the routed tables that exist (see check)
 	sqlASCII      bool    // server_encoding SQL_ASCII: text may hold any bytes
 	snap          *snapshots
-	serverVersion int // server_version_num
+	startPos      uint64 // the confirmed position the session started from
+	serverVersion int    // server_version_num
 	hadSlot       bool
 	types         *rowjson.Types
 	tracker       *checkpoint.Tracker
@@ -130,16 +131,32 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) (err error) {
 	}()
 
 	wait := backoff.Backoff{Min: s.cfg.MinReconnect, Max: s.cfg.MaxReconnect}
+	var undecodable struct {
+		at pglogrepl.LSN
+		n  int
+	}
 	for {
 		s.streamed = time.Time{}
 		s.cfg.Observe.SetState(observe.Connecting, nil)
 		err := s.session(ctx, readCtx)
-		if !s.streamed.IsZero() && time.Since(s.streamed) >= max(s.cfg.MaxReconnect, time.Second) {
-			// A session that streamed for a while was a success: the next
-			// failure is a new one and starts again from the shortest wait.
-			// One that fails right after it started streaming keeps
+		progressed := s.tracker != nil && s.tracker.Confirmed() > s.startPos
+		if !s.streamed.IsZero() && (progressed || time.Since(s.streamed) >= max(s.cfg.MaxReconnect, time.Second)) {
+			// A session that streamed and moved on (or lasted) was a
+			// success: the next failure is a new one and starts again from
+			// the shortest wait. One that fails where it started keeps
 			// backing off.
 			wait.Reset()
+		}
+		var de *decodeError
+		if errors.As(err, &de) {
+			if de.at == undecodable.at && !progressed {
+				undecodable.n++
+			} else {
+				undecodable.at, undecodable.n = de.at, 1
+			}
+			if undecodable.n >= maxUndecodable {
+				return &errs.Fatal{Err: fmt.Errorf("%w (%d sessions in a row failed on it)", err, undecodable.n)}
+			}
 		}
 		if readCtx.Err() != nil {
 			if ctx.Err() != nil {
@@ -177,6 +194,10 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) (err error) {
 }
 
 var errSlotBusy = errors.New("replication slot is in use by another process")
+
+// maxUndecodable is how many sessions in a row may fail to decode the
+// message at one WAL position before the source stops with ErrDecode.
+const maxUndecodable = 5
 
 func (s *Source) connConfig(replication bool) (*pgconn.Config, error) {
 	cfg, err := pgconn.ParseConfig(s.cfg.DSN)
@@ -296,6 +317,7 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 		start = max(start, pglogrepl.LSN(s.tracker.Confirmed()))
 	}
 	s.tracker = checkpoint.New(uint64(start))
+	s.startPos = uint64(start)
 
 	// messages: the writers' contexts (SetTxContext) come as logical
 	// messages.

@@ -190,12 +190,23 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 	return nil
 }
 
-// undecodable stops the source: the server sends the same message again
-// after a reconnect, so retrying cannot help.
+// undecodable reports a message that cannot be decoded.
 func (st *stream) undecodable(err error) error {
-	return &errs.Fatal{Err: fmt.Errorf("%w: source %s: pgoutput message in the WAL before %s: %v (nothing after it was confirmed; report this with the server version)",
+	return &decodeError{at: st.received, err: fmt.Errorf("%w: source %s: pgoutput message in the WAL before %s: %v (nothing after it was confirmed; report this with the server version)",
 		errs.ErrDecode, st.s.label(), st.received, err)}
 }
+
+// decodeError is a message of the stream that could not be decoded, at
+// WAL position at. Reconnecting is tried (a message damaged on the way is
+// sent again whole), but the same position failing again and again stops
+// the source (see Source.Run).
+type decodeError struct {
+	at  pglogrepl.LSN
+	err error
+}
+
+func (e *decodeError) Error() string { return e.err.Error() }
+func (e *decodeError) Unwrap() error { return e.err }
 
 // row handles an Insert, Update or Delete message.
 func (st *stream) row(ctx context.Context, data []byte) error {
