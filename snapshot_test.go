@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -207,3 +208,60 @@ func TestBackfillOnDemand(t *testing.T) {
 		t.Fatal("a snapshot in trigger mode was accepted")
 	}
 }
+
+// BenchmarkBackfill compares a backfill's rate (rows/s to a no-op handler)
+// with COPY (SELECT row_to_json(t) FROM t) TO STDOUT of the same table in
+// the same run. The table has PGCDC_BENCH_ROWS rows (default 200 000):
+//
+//	PGCDC_BENCH_ROWS=5000000 go test -run '^$' -bench Backfill -benchtime 1x -timeout 60m .
+func BenchmarkBackfill(b *testing.B) {
+	rows := 200000
+	if n, _ := strconv.Atoi(os.Getenv("PGCDC_BENCH_ROWS")); n > 0 {
+		rows = n
+	}
+	dsn := pgtest.NewDatabase(b)
+	pgtest.Exec(b, dsn, fmt.Sprintf(`CREATE TABLE big (id bigint PRIMARY KEY, v int, note text, at timestamptz);
+		INSERT INTO big SELECT i, i %% 1000, md5(i::text), '2024-01-01'::timestamptz + i * interval '1 second' FROM generate_series(1, %d) i;
+		ANALYZE big`, rows))
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var handled atomic.Int64
+	w, err := pgcdc.NewWorker(pgcdc.SetPostgresDSN(dsn), pgcdc.SetMaxGoroutines(4))
+	if err != nil {
+		b.Fatal(err)
+	}
+	w.Handle("big", func(*pgcdc.EventContext) error { handled.Add(1); return nil })
+	sctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- w.Serve(sctx) }()
+	defer func() { cancel(); <-errc }()
+	for active := false; !active; time.Sleep(20 * time.Millisecond) {
+		if err := conn.QueryRow(ctx, `SELECT coalesce((SELECT active FROM pg_replication_slots WHERE slot_name = 'pgcdc_postgres_listener_default' AND database = current_database()), false)`).Scan(&active); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		start := time.Now()
+		if _, err := conn.PgConn().CopyTo(ctx, discard{}, `COPY (SELECT row_to_json(t) FROM big t) TO STDOUT`); err != nil {
+			b.Fatal(err)
+		}
+		copyRate := float64(rows) / time.Since(start).Seconds()
+		start = time.Now()
+		chunk, _ := strconv.Atoi(os.Getenv("PGCDC_BENCH_CHUNK"))
+		if err := w.Backfill(ctx, "big", pgcdc.BackfillChunkSize(chunk)); err != nil {
+			b.Fatal(err)
+		}
+		rate := float64(rows) / time.Since(start).Seconds()
+		b.ReportMetric(rate, "rows/s")
+		b.ReportMetric(copyRate, "copy_rows/s")
+		b.ReportMetric(rate/copyRate, "ratio")
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

@@ -190,8 +190,21 @@ func (s *Source) runSnapshots(ctx context.Context, pool *pgxpool.Pool) {
 			}
 		}()
 	}
+	// Unfinished runs resume (an on-demand backfill cut by a restart too);
+	// routes asking for an initial snapshot get one unless it was done.
+	unfinished := map[string]bool{}
+	var exists bool
+	state := pgident.Qualified(s.cfg.StateSchema, "snapshots")
+	if err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, state).Scan(&exists); err == nil && exists {
+		if rows, err := pool.Query(ctx, `SELECT schema_name || '.' || table_name FROM `+state+` WHERE slot = $1 AND NOT done`, s.cfg.Slot); err == nil {
+			keys, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+			for _, k := range keys {
+				unfinished[k] = true
+			}
+		}
+	}
 	for _, t := range s.live {
-		if t.Snapshot {
+		if t.Snapshot || (unfinished[t.Schema+"."+t.Table] && !t.Route.Tx) {
 			start(snapshotReq{req: SnapshotRequest{Schema: t.Schema, Table: t.Table, ChunkSize: 4096}})
 		}
 	}
@@ -229,8 +242,12 @@ func (s *Source) snapshot(ctx context.Context, pool *pgxpool.Pool, req SnapshotR
 	var lastKey []string
 	var rowsDone int64
 	var done bool
-	err = pool.QueryRow(ctx, `SELECT run, last_key, rows_done, done FROM `+state+` WHERE slot = $1 AND schema_name = $2 AND table_name = $3`,
-		s.cfg.Slot, req.Schema, req.Table).Scan(&run, &lastKey, &rowsDone, &done)
+	var where string
+	err = pool.QueryRow(ctx, `SELECT run, last_key, rows_done, done, where_clause FROM `+state+` WHERE slot = $1 AND schema_name = $2 AND table_name = $3`,
+		s.cfg.Slot, req.Schema, req.Table).Scan(&run, &lastKey, &rowsDone, &done, &where)
+	if err == nil && !req.Restart {
+		req.Where = where // a resumed run reads the rows it was started for
+	}
 	switch {
 	case errors.Is(err, pgx.ErrNoRows) || (err == nil && req.Restart):
 		run, lastKey, rowsDone, done = newRunID(), nil, 0, false
@@ -254,72 +271,112 @@ func (s *Source) snapshot(ctx context.Context, pool *pgxpool.Pool, req SnapshotR
 	}
 	s.cfg.Logger.Info("pgcdc: snapshot", "source", s.cfg.Name, "table", qname, "run", run, "resume_after", lastKey)
 
-	query, hashOrder := chunkQuery(qname, pk, req.Where, len(lastKey) > 0)
+	// Chunks are read while the ones before are handled: at most two wait
+	// for their events to be resolved; progress is recorded in order, for
+	// each chunk once its events are.
+	type pending struct {
+		id       string
+		c        *chunk
+		lastKey  []string
+		rowsDone int64
+		finished bool
+	}
+	queue := make(chan pending, 1)
+	recorded := make(chan error, 1)
+	go func() {
+		for p := range queue {
+			select {
+			case <-p.c.resolved:
+			case <-ctx.Done():
+				s.dropChunk(p.id)
+				recorded <- ctx.Err()
+				return
+			}
+			if _, err := pool.Exec(ctx, `UPDATE `+state+` SET last_key = $4, rows_done = $5, done = $6, updated_at = now()
+				WHERE slot = $1 AND schema_name = $2 AND table_name = $3 AND run = $7`,
+				s.cfg.Slot, req.Schema, req.Table, p.lastKey, p.rowsDone, p.finished, run); err != nil {
+				recorded <- fmt.Errorf("snapshot of %s: recording progress: %w", qname, err)
+				return
+			}
+			s.snap.mu.Lock()
+			prog.RowsDone, prog.Done = p.rowsDone, p.finished
+			s.snap.mu.Unlock()
+			if p.finished {
+				s.cfg.Logger.Info("pgcdc: snapshot done", "source", s.cfg.Name, "table", qname, "run", run, "rows", p.rowsDone)
+				recorded <- nil
+				return
+			}
+		}
+		recorded <- ctx.Err()
+	}()
+	fail := func(err error) error {
+		close(queue)
+		<-recorded
+		return err
+	}
 	for n := 0; ; n++ {
 		id := run + "/" + strconv.Itoa(n) + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
 		if err := s.watermark(ctx, pool, req.Schema+"."+req.Table, id, "lo"); err != nil {
-			return fmt.Errorf("snapshot of %s: %w", qname, err)
+			return fail(fmt.Errorf("snapshot of %s: %w", qname, err))
 		}
-		args := []any{req.ChunkSize}
-		for _, k := range lastKey {
-			args = append(args, k)
-		}
-		rows, err := pool.Query(ctx, query, args...)
+		c, key, err := readChunk(ctx, pool, chunkQuery(qname, pk, req.Where, len(lastKey) > 0), pk, lastKey, req.ChunkSize)
 		if err != nil {
-			return fmt.Errorf("snapshot of %s: reading a chunk: %w", qname, err)
+			return fail(fmt.Errorf("snapshot of %s: reading a chunk: %w", qname, err))
 		}
-		c := &chunk{routeKey: req.Schema + "." + req.Table, schema: req.Schema, table: req.Table, run: run, resolved: make(chan struct{})}
-		var key []string
-		for rows.Next() {
-			var js string
-			key = make([]string, len(pk))
-			dest := []any{&js}
-			for i := range key {
-				dest = append(dest, &key[i])
-			}
-			if err := rows.Scan(dest...); err != nil {
-				rows.Close()
-				return fmt.Errorf("snapshot of %s: reading a chunk: %w", qname, err)
-			}
-			c.rows = append(c.rows, snapRow{key: strings.Join(key, "\x00"), part: hashKey(key, hashOrder), json: []byte(js)})
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("snapshot of %s: reading a chunk: %w", qname, err)
-		}
+		c.routeKey, c.schema, c.table, c.run = req.Schema+"."+req.Table, req.Schema, req.Table, run
 		s.snap.mu.Lock()
 		s.snap.chunks[id] = c
 		s.snap.mu.Unlock()
 		if err := s.watermark(ctx, pool, req.Schema+"."+req.Table, id, "hi"); err != nil {
 			s.dropChunk(id)
-			return fmt.Errorf("snapshot of %s: %w", qname, err)
-		}
-		select {
-		case <-c.resolved:
-		case <-ctx.Done():
-			s.dropChunk(id)
-			return ctx.Err()
+			return fail(fmt.Errorf("snapshot of %s: %w", qname, err))
 		}
 		finished := len(c.rows) < req.ChunkSize
 		rowsDone += int64(len(c.rows))
 		if len(c.rows) > 0 {
 			lastKey = key
 		}
-		if _, err := pool.Exec(ctx, `UPDATE `+state+` SET last_key = $4, rows_done = $5, done = $6, updated_at = now()
-			WHERE slot = $1 AND schema_name = $2 AND table_name = $3 AND run = $7`,
-			s.cfg.Slot, req.Schema, req.Table, lastKey, rowsDone, finished, run); err != nil {
-			return fmt.Errorf("snapshot of %s: recording progress: %w", qname, err)
+		select {
+		case queue <- pending{id: id, c: c, lastKey: lastKey, rowsDone: rowsDone, finished: finished}:
+		case err := <-recorded:
+			if err == nil {
+				err = ctx.Err()
+			}
+			return err
 		}
-		s.snap.mu.Lock()
-		prog.RowsDone, prog.Done = rowsDone, finished
-		s.snap.mu.Unlock()
 		if finished {
-			s.cfg.Logger.Info("pgcdc: snapshot done", "source", s.cfg.Name, "table", qname, "run", run, "rows", rowsDone)
-			return nil
-		}
-		if n == 0 && len(lastKey) > 0 {
-			query, _ = chunkQuery(qname, pk, req.Where, true)
+			close(queue)
+			return <-recorded
 		}
 	}
+}
+
+// readChunk reads the chunk after lastKey.
+func readChunk(ctx context.Context, pool *pgxpool.Pool, q chunkSQL, pk []pkColumn, lastKey []string, size int) (*chunk, []string, error) {
+	args := []any{size}
+	for _, k := range lastKey {
+		args = append(args, k)
+	}
+	rows, err := pool.Query(ctx, q.sql, args...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	c := &chunk{resolved: make(chan struct{}), rows: make([]snapRow, 0, size)}
+	var key []string
+	for rows.Next() {
+		var js string
+		key = make([]string, len(pk))
+		dest := []any{&js}
+		for i := range key {
+			dest = append(dest, &key[i])
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, nil, err
+		}
+		c.rows = append(c.rows, snapRow{key: strings.Join(key, "\x00"), part: hashKey(key, q.hashOrder), json: []byte(js)})
+	}
+	return c, key, rows.Err()
 }
 
 func (s *Source) dropChunk(id string) {
@@ -336,7 +393,20 @@ func newRunID() string {
 // watermark writes a watermark message in a transaction of its own.
 func (s *Source) watermark(ctx context.Context, pool *pgxpool.Pool, table, id, mark string) error {
 	content, _ := json.Marshal(watermarkMsg{Slot: s.cfg.Slot, ID: id, Mark: mark, Table: table})
-	if _, err := pool.Exec(ctx, `SELECT pg_catalog.pg_logical_emit_message(true, $1, $2::text)`, SnapshotPrefix, string(content)); err != nil {
+	// Flushed at commit even where synchronous_commit is off: the stream
+	// sees only flushed WAL, and the chunk waits for its high watermark.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("writing the %s watermark: %w", mark, err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on`); err != nil {
+		return fmt.Errorf("writing the %s watermark: %w", mark, err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_logical_emit_message(true, $1, $2::text)`, SnapshotPrefix, string(content)); err != nil {
+		return fmt.Errorf("writing the %s watermark: %w", mark, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("writing the %s watermark: %w", mark, err)
 	}
 	return nil
@@ -367,7 +437,7 @@ func primaryKey(ctx context.Context, pool *pgxpool.Pool, oid uint32) ([]pkColumn
 // $2... the last key's text (after is false for the first chunk). It
 // returns the order in which the key's columns are hashed (attnum order,
 // as the stream does).
-func chunkQuery(qname string, pk []pkColumn, where string, after bool) (string, []int) {
+func chunkQuery(qname string, pk []pkColumn, where string, after bool) chunkSQL {
 	cols := make([]string, len(pk))
 	texts := make([]string, len(pk))
 	params := make([]string, len(pk))
@@ -398,7 +468,13 @@ func chunkQuery(qname string, pk []pkColumn, where string, after bool) (string, 
 			order[j], order[j-1] = order[j-1], order[j]
 		}
 	}
-	return q, order
+	return chunkSQL{sql: q, hashOrder: order}
+}
+
+// chunkSQL is a chunk query and the order its key columns are hashed in.
+type chunkSQL struct {
+	sql       string
+	hashOrder []int
 }
 
 // hashKey is partKey for a key given as text, in the given column order.
