@@ -43,6 +43,19 @@ type SourceStatus struct {
 	// Backlog is the trigger engine's undelivered events (-1 for the
 	// logical engine or when it cannot be read).
 	Backlog int64 `json:"backlog"`
+	// Snapshots is the progress of the source's snapshot runs in this
+	// process (see Backfill).
+	Snapshots []SnapshotStatus `json:"snapshots,omitempty"`
+}
+
+// SnapshotStatus is the progress of one table's snapshot run.
+type SnapshotStatus struct {
+	Table        string  `json:"table"` // "schema.table"
+	Run          string  `json:"run"`
+	RowsDone     int64   `json:"rows_done"`
+	RowsEstimate int64   `json:"rows_estimate"` // the table's row estimate (pg_class.reltuples)
+	RowsPerSec   float64 `json:"rows_per_sec"`  // since the run started in this process
+	Done         bool    `json:"done"`
 }
 
 // Status returns the state of every configured source, in the order they
@@ -71,6 +84,15 @@ func (w *Worker) Status(ctx context.Context) []SourceStatus {
 		if st.Engine != "logical" {
 			st.TriggerSchema = w.opt.triggerSchema
 			st.LagBytes = -1
+		}
+		if st.Engine == "logical" && w.serving() {
+			for _, p := range w.SnapshotProgress(s.name) {
+				ss := SnapshotStatus{Table: p.Schema + "." + p.Table, Run: p.Run, RowsDone: p.RowsDone, RowsEstimate: p.RowsEstimate, Done: p.Done}
+				if d := now.Sub(p.Started).Seconds(); d > 0 {
+					ss.RowsPerSec = float64(p.RowsDone-p.RowsAtStart) / d
+				}
+				st.Snapshots = append(st.Snapshots, ss)
+			}
 		}
 		if st.Engine == "trigger" && st.State != StateStopped {
 			if n, err := w.Backlog(ctx, s.name); err == nil {

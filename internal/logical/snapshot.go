@@ -71,7 +71,8 @@ type SnapshotProgress struct {
 	RowsDone      int64
 	RowsEstimate  int64 // the table's row estimate (pg_class.reltuples)
 	Done          bool
-	Started       time.Time
+	Started       time.Time // when this process started or resumed the run
+	RowsAtStart   int64     // RowsDone then
 }
 
 // snapshots is a source's snapshot state shared by its runners and the
@@ -262,7 +263,7 @@ func (s *Source) snapshot(ctx context.Context, pool *pgxpool.Pool, req SnapshotR
 	}
 	var estimate int64
 	_ = pool.QueryRow(ctx, `SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1`, ti.oid).Scan(&estimate)
-	prog := &SnapshotProgress{Schema: req.Schema, Table: req.Table, Run: run, RowsDone: rowsDone, RowsEstimate: estimate, Done: done, Started: time.Now()}
+	prog := &SnapshotProgress{Schema: req.Schema, Table: req.Table, Run: run, RowsDone: rowsDone, RowsEstimate: estimate, Done: done, Started: time.Now(), RowsAtStart: rowsDone}
 	s.snap.mu.Lock()
 	s.snap.runs[req.Schema+"."+req.Table] = prog
 	s.snap.mu.Unlock()
