@@ -238,18 +238,13 @@ func (d *decoder) change(m *rowMsg) (*change.Change, error) {
 	if err != nil || !d.cfg.Routed(r.routeKey, false) {
 		return nil, err
 	}
-	action, oldT, newT, oldIsKey := m.action, m.oldT, m.newT, m.oldIsKey
 	c := &change.Change{
-		Source: d.cfg.Source, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: action,
+		Source: d.cfg.Source, Schema: r.schema, Table: r.name, RouteKey: r.routeKey, Action: m.action,
 		LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime,
 	}
 	c.EventID = d.eventID()
-	keyT := newT
-	if keyT == nil {
-		keyT = oldT
-	}
-	c.PartKey = partKey(r, keyT)
-	c.Message = d.message(r, c, oldT, newT, oldIsKey)
+	c.PartKey = partKey(r, m.key())
+	c.Message = d.message(r, c, m)
 	return c, nil
 }
 
@@ -277,7 +272,7 @@ func (d *decoder) truncate(m *pglogrepl.TruncateMessage) []*change.Change {
 			LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime,
 		}
 		c.EventID = d.eventID()
-		c.Message = d.message(r, c, nil, nil, false)
+		c.Message = d.message(r, c, &rowMsg{action: change.Truncate})
 		out = append(out, c)
 	}
 	return out
@@ -329,19 +324,20 @@ func partKey(r *relation, t *pglogrepl.TupleData) uint64 {
 	return h
 }
 
-func (d *decoder) message(r *relation, c *change.Change, oldT, newT *pglogrepl.TupleData, oldIsKey bool) []byte {
-	b := make([]byte, 0, messageSize(r, oldT, newT))
+func (d *decoder) message(r *relation, c *change.Change, m *rowMsg) []byte {
+	b := make([]byte, 0, messageSize(r, m.oldT, m.newT))
 	b = append(b, `{"event_id":"`...)
 	b = append(b, c.EventID...)
 	b = append(b, '"')
-	b = d.appendBody(b, r, c.Action, oldT, newT, oldIsKey)
+	b = d.appendBody(b, r, m)
 	return d.appendTail(b)
 }
 
 // appendBody writes the part of an event that does not depend on the
 // commit: from "table" to "source" (and "unchanged_toast"). A streamed
 // transaction keeps only this until it commits.
-func (d *decoder) appendBody(b []byte, r *relation, action string, oldT, newT *pglogrepl.TupleData, oldIsKey bool) []byte {
+func (d *decoder) appendBody(b []byte, r *relation, m *rowMsg) []byte {
+	action, oldT, newT, oldIsKey := m.action, m.oldT, m.newT, m.oldIsKey
 	b = append(b, `,"table":`...)
 	b = append(b, r.tableJSON...)
 	b = append(b, `,"action":"`...)

@@ -26,6 +26,15 @@ type rowMsg struct {
 	old, new tuple // storage behind oldT and newT
 }
 
+// key is the tuple that identifies the row: the new one, or the old one
+// of a DELETE.
+func (m *rowMsg) key() *pglogrepl.TupleData {
+	if m.newT != nil {
+		return m.newT
+	}
+	return m.oldT
+}
+
 // tuple is the reusable storage of one pgoutput TupleData.
 type tuple struct {
 	t    pglogrepl.TupleData

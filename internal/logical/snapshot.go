@@ -320,7 +320,7 @@ func (s *Source) snapshot(ctx context.Context, pool *pgxpool.Pool, req SnapshotR
 		if err := s.watermark(ctx, pool, req.Schema+"."+req.Table, id, "lo"); err != nil {
 			return fail(fmt.Errorf("snapshot of %s: %w", qname, err))
 		}
-		c, key, err := readChunk(ctx, pool, chunkQuery(qname, pk, req.Where, len(lastKey) > 0), pk, lastKey, req.ChunkSize)
+		c, key, err := readChunk(ctx, pool, chunkQuery(qname, pk, req.Where, len(lastKey) > 0), lastKey, req.ChunkSize)
 		if err != nil {
 			return fail(fmt.Errorf("snapshot of %s: reading a chunk: %w", qname, err))
 		}
@@ -353,7 +353,7 @@ func (s *Source) snapshot(ctx context.Context, pool *pgxpool.Pool, req SnapshotR
 }
 
 // readChunk reads the chunk after lastKey.
-func readChunk(ctx context.Context, pool *pgxpool.Pool, q chunkSQL, pk []pkColumn, lastKey []string, size int) (*chunk, []string, error) {
+func readChunk(ctx context.Context, pool *pgxpool.Pool, q chunkSQL, lastKey []string, size int) (*chunk, []string, error) {
 	args := []any{size}
 	for _, k := range lastKey {
 		args = append(args, k)
@@ -367,7 +367,7 @@ func readChunk(ctx context.Context, pool *pgxpool.Pool, q chunkSQL, pk []pkColum
 	var key []string
 	for rows.Next() {
 		var js string
-		key = make([]string, len(pk))
+		key = make([]string, len(q.hashOrder))
 		dest := []any{&js}
 		for i := range key {
 			dest = append(dest, &key[i])

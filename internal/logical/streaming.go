@@ -43,26 +43,21 @@ func (d *decoder) record(m *rowMsg) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	action, oldT, newT, oldIsKey := m.action, m.oldT, m.newT, m.oldIsKey
 	if !d.cfg.Routed(r.routeKey, false) {
 		return []byte{recSkip}, nil
 	}
-	keyT := newT
-	if keyT == nil {
-		keyT = oldT
-	}
-	return d.appendRecord(r, action, partKey(r, keyT), oldT, newT, oldIsKey), nil
+	return d.appendRecord(r, partKey(r, m.key()), m), nil
 }
 
-func (d *decoder) appendRecord(r *relation, action string, part uint64, oldT, newT *pglogrepl.TupleData, oldIsKey bool) []byte {
-	b := make([]byte, 0, messageSize(r, oldT, newT))
+func (d *decoder) appendRecord(r *relation, part uint64, m *rowMsg) []byte {
+	b := make([]byte, 0, messageSize(r, m.oldT, m.newT))
 	b = append(b, recChange)
 	b = binary.BigEndian.AppendUint64(b, part)
-	for _, s := range []string{r.routeKey, r.schema, r.name, action} {
+	for _, s := range []string{r.routeKey, r.schema, r.name, m.action} {
 		b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
 		b = append(b, s...)
 	}
-	return d.appendBody(b, r, action, oldT, newT, oldIsKey)
+	return d.appendBody(b, r, m)
 }
 
 // truncateRecords renders a streamed TRUNCATE.
@@ -74,7 +69,7 @@ func (d *decoder) truncateRecords(m *pglogrepl.TruncateMessage) [][]byte {
 			out = append(out, []byte{recSkip})
 			continue
 		}
-		out = append(out, d.appendRecord(r, change.Truncate, 0, nil, nil, false))
+		out = append(out, d.appendRecord(r, 0, &rowMsg{action: change.Truncate}))
 	}
 	return out
 }
