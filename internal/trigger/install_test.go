@@ -3,6 +3,7 @@ package trigger
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -135,8 +136,14 @@ func TestInstallIdempotentAndSelective(t *testing.T) {
 		t.Fatalf("triggers after key change:\n got %q\nwant %q", got, want)
 	}
 	var comment string
-	if err := conn.QueryRow(ctx, `SELECT obj_description('pgcdc.capture()'::regprocedure, 'pg_proc')`).Scan(&comment); err != nil || comment != "pgcdc capture function v1" {
+	if err := conn.QueryRow(ctx, `SELECT obj_description('pgcdc.capture()'::regprocedure, 'pg_proc')`).Scan(&comment); err != nil || comment != fmt.Sprintf(functionTag, FunctionVersion) {
 		t.Errorf("function comment = %q, %v", comment, err)
+	}
+	// One function per key: the one of the old key (id) is still used by
+	// other and "Shop"."we""ird"'s is; none is left unused.
+	fns := queryInt(t, conn, `SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgcdc'::regnamespace`)
+	if fns != 4 { // capture, capture_<id>, capture_<a b,id>, capture_<name,id>
+		t.Errorf("%d functions in the schema, want 4", fns)
 	}
 	before := queryInt(t, conn, `SELECT count(*) FROM pgcdc.events`)
 	pgtest.Exec(t, dsn, `INSERT INTO items VALUES (2, 'z')`)
