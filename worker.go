@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcdc/pgcdc/internal/change"
-	"github.com/pgcdc/pgcdc/internal/deadletter"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/logical"
 	"github.com/pgcdc/pgcdc/internal/pgident"
@@ -346,9 +345,8 @@ func (w *Worker) sourceConfig(s source) logical.Config {
 		}
 	}
 	if !w.opt.deadLetterOff {
-		schema, table, wt := w.opt.deadLetterSchema, w.opt.deadLetterTable, w.opt.workerType
 		cfg.NewDeadLetter = func(ctx context.Context, pool *pgxpool.Pool) (dispatch.DeadLetter, error) {
-			return deadletter.Open(ctx, pool, schema, table, wt)
+			return w.openDeadLetter(ctx, pool)
 		}
 	}
 	return cfg
