@@ -114,8 +114,10 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 func (s *Source) identify(ctx context.Context, pool *pgxpool.Pool) error {
 	var db string
 	var oid uint32
-	err := pool.QueryRow(ctx, `SELECT current_database(), to_regclass($1)::oid, current_setting('track_commit_timestamp')::bool`,
-		pgident.Qualified(s.cfg.Schema, EventTable)).Scan(&db, &oid, &s.commitTS)
+	var enc string
+	err := pool.QueryRow(ctx, `SELECT current_database(), to_regclass($1)::oid, current_setting('track_commit_timestamp')::bool,
+			current_setting('server_encoding')`,
+		pgident.Qualified(s.cfg.Schema, EventTable)).Scan(&db, &oid, &s.commitTS, &enc)
 	if err != nil {
 		return fmt.Errorf("source %s: reading source identity: %w", s.label, err)
 	}
@@ -127,6 +129,14 @@ func (s *Source) identify(ctx context.Context, pool *pgxpool.Pool) error {
 		}
 		s.cfg.Logger.Warn("pgcdc: cannot read the system identifier; event ids are unique per database and event table only", "source", s.cfg.Name, "error", err)
 		sysid = "unknown"
+	}
+	// The row JSON is read as UTF-8 bytes, converted by the server. A
+	// SQL_ASCII database has no encoding to convert from (its text may hold
+	// any bytes): its bytes are read as they are, and validUTF8 replaces
+	// what is not UTF-8.
+	s.readEncoding = "UTF8"
+	if enc == "SQL_ASCII" {
+		s.readEncoding = "SQL_ASCII"
 	}
 	s.sourceID = sysid + "/" + db + "/trigger/" + strconv.FormatUint(uint64(oid), 10) + "/"
 	return nil
@@ -232,7 +242,8 @@ FROM free c
 WHERE e.id = c.id
 	AND NOT EXISTS (SELECT 1 FROM blocked b
 		WHERE b.schema_name = c.schema_name AND b.table_name = c.table_name AND b.id <= c.id)
-RETURNING e.id, e.schema_name, e.table_name, e.action, e.row_key, e.old::text, e.new::text, e.xid::text, ` + when + `,
+RETURNING e.id, e.schema_name, e.table_name, e.action, e.row_key,
+	pg_catalog.convert_to(e.old::text, $7), pg_catalog.convert_to(e.new::text, $7), e.xid::text, ` + when + `,
 	(SELECT count(*) FROM cand)`
 }
 
@@ -288,7 +299,7 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 	// the session ends, instead of staying claimed until it expires.
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimQueryTimeout)
 	defer cancel()
-	rows, err := pool.Query(qctx, sql, schemas, names, limit, s.claimer, timeoutMs, claimBytes)
+	rows, err := pool.Query(qctx, sql, schemas, names, limit, s.claimer, timeoutMs, claimBytes, s.readEncoding)
 	if err != nil {
 		return false, fmt.Errorf("source %s: claiming events: %w", s.label, err)
 	}

@@ -82,6 +82,9 @@ type Source struct {
 	sourceID   string // "<system identifier>/<database>/trigger/<table oid>/"
 	sourceJSON []byte
 	commitTS   bool // track_commit_timestamp is on
+	// readEncoding is what the claim converts the row JSON to: "UTF8", or
+	// "SQL_ASCII" (no conversion) in a SQL_ASCII database.
+	readEncoding string
 
 	pool atomic.Pointer[pgxpool.Pool] // the current session's pool, for Backlog
 
