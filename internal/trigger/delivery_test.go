@@ -398,7 +398,7 @@ func TestClaimBoundedBySize(t *testing.T) {
 	s := New(cfg)
 	s.claimer = "probe"
 	schemas, names := s.tableArrays()
-	rows, err := p.Query(ctx, s.claimSQL(), schemas, names, 500, s.claimer, int64(60000), claimBytes)
+	rows, err := p.Query(ctx, s.claimSQL(), schemas, names, 500, s.claimer, int64(60000), claimBytes, "UTF8")
 	if err != nil {
 		t.Fatal(err)
 	}
