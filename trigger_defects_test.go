@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -162,13 +163,29 @@ func TestTriggerLatin1DeliversUTF8(t *testing.T) {
 	dsn := newEncodedDB(t, "LATIN1")
 	exec(t, dsn, `CREATE TABLE "lät" (id int PRIMARY KEY, "téx" text, j json, jb jsonb, a text[])`)
 	rec := newRecorder()
-	w := triggerWorker(t, dsn)
-	w.Handle("lät", rec.handle)
+	var fixed atomic.Bool
+	w := triggerWorker(t, dsn, pgcdc.SetMaxRetries(0))
+	w.Handle("lät", func(ec *pgcdc.EventContext) error {
+		if ec.Event().Data.New != nil && strings.Contains(string(ec.Event().Data.New), `"id":2`) && !fixed.Load() {
+			return pgcdc.Permanent(errors.New("not yet"))
+		}
+		return rec.handle(ec)
+	})
 	serve(t, w)
 	waitTrigger(t, dsn, "pgcdc", 1)
 	// E'\xe9' is é in LATIN1, whatever the writing session's encoding.
 	exec(t, dsn, `INSERT INTO "lät" VALUES (1, E'h\xe9llo \xdf', E'{"\xe9":"\xfc"}', E'{"\xe9":"\xfc"}', ARRAY[E'\xe4', E'\xf6'])`)
 	evs := rec.waitCount(t, 1)
+	// A dead letter keeps its characters, and comes back as UTF-8.
+	exec(t, dsn, `INSERT INTO "lät" VALUES (2, E'\xe9t\xe9')`)
+	waitQuery(t, dsn, `SELECT count(*) = 1 FROM pgcdc.dead_letters WHERE payload->'data'->'new'->>'téx' = 'été'`)
+	fixed.Store(true)
+	if n, err := w.RedeliverDeadLetters(context.Background(), "", 0); n != 1 || err != nil {
+		t.Fatalf("RedeliverDeadLetters = %d, %v", n, err)
+	}
+	if got := rec.snapshot(); len(got) != 2 || string(got[1].Data.New) != `{"id":2,"téx":"été","j":null,"jb":null,"a":null}` {
+		t.Errorf("redelivered %s", got[len(got)-1].Data.New)
+	}
 	if !utf8.Valid(rec.raw[0]) {
 		t.Fatalf("event is not UTF-8: %q", rec.raw[0])
 	}
@@ -401,6 +418,14 @@ func TestPlainRoleDefaultsAndDeadLetters(t *testing.T) {
 	err := w2.Serve(ctx)
 	if !errors.Is(err, pgcdc.ErrPrivilege) || !strings.Contains(err.Error(), "SetTriggerSchema") || !strings.Contains(err.Error(), app) {
 		t.Fatalf("second application's Serve = %v, want ErrPrivilege naming the owner and SetTriggerSchema", err)
+	}
+	// Another application's dead-letter table is refused up front too.
+	w4 := newWorker(t, pgcdc.SetPostgresDSN(otherDSN), pgcdc.SetCaptureMode(pgcdc.CaptureTrigger), pgcdc.SetTriggerSchema("pgcdc_inv"),
+		pgcdc.SetDeadLetterTable("pgcdc.dead_letters"))
+	w4.Handle("inv.items", newRecorder().handle)
+	err = w4.Serve(ctx)
+	if err == nil || !strings.Contains(err.Error(), "SetDeadLetterTable") || !strings.Contains(err.Error(), app) {
+		t.Fatalf("Serve with another role's dead-letter table = %v, want an error naming the owner and SetDeadLetterTable", err)
 	}
 	rec2 := newRecorder()
 	w3 := newWorker(t, pgcdc.SetPostgresDSN(otherDSN), pgcdc.SetCaptureMode(pgcdc.CaptureTrigger), pgcdc.SetTriggerSchema("pgcdc_inv"))

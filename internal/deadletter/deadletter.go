@@ -5,8 +5,10 @@ package deadletter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcdc/pgcdc/internal/change"
@@ -56,15 +58,22 @@ type Store struct {
 // Open creates the dead-letter table (and its schema) if missing.
 func Open(ctx context.Context, pool *pgxpool.Pool, schema, table, workerType string) (*Store, error) {
 	s := &Store{pool: pool, table: pgident.Qualified(schema, table), workerType: workerType}
-	var exists bool
-	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
-		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p'))`, schema, table).Scan(&exists); err != nil {
+	var owner, user *string
+	var writable *bool
+	if err := pool.QueryRow(ctx, `SELECT pg_catalog.pg_get_userbyid(c.relowner),
+			pg_catalog.has_schema_privilege(n.oid, 'USAGE') AND pg_catalog.has_table_privilege(c.oid, 'INSERT'),
+			current_user::text
+		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, schema, table).Scan(&owner, &writable, &user); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("dead-letter table %s: %w", s.table, err)
 	}
-	if exists {
+	if owner != nil {
 		// Nothing to create: a role without CREATE privileges can use a
-		// table an owner created.
+		// table an owner created, if it may write it.
+		if !*writable {
+			return nil, fmt.Errorf("dead-letter table %s belongs to role %q and role %q may not insert into it: grant USAGE on its schema and INSERT (SELECT, UPDATE, DELETE to redeliver) to %q, or choose another table with SetDeadLetterTable",
+				s.table, *owner, *user, *user)
+		}
 		return s, nil
 	}
 	// IF NOT EXISTS is not safe against a concurrent creator (two workers
