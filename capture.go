@@ -29,13 +29,17 @@ const (
 	// needs wal_level=logical and a role with REPLICATION.
 	CaptureLogical CaptureMode = "logical"
 	// CaptureTrigger installs a row trigger on each routed table that
-	// writes every change into a durable event table (schema "pgcdc" unless
-	// SetTriggerSchema says otherwise), in the writer's own transaction;
+	// writes every change into a durable event table (in the worker type's
+	// schema, see TriggerSchema), in the writer's own transaction;
 	// workers claim and delete those rows. For servers where logical
 	// replication is not allowed. Events have the same JSON, without "lsn".
 	CaptureTrigger CaptureMode = "trigger"
 	// CaptureAuto uses logical replication when the server and role allow
-	// it, and the trigger engine otherwise, logging why.
+	// it, and the trigger engine otherwise, logging why. An engine that
+	// already holds the source's capture state (its slot, or its triggers
+	// on the routed tables) keeps it, so a change of the role's REPLICATION
+	// attribute never loses nor duplicates a change; when that engine cannot
+	// run, Serve stops with ErrConfig saying how to switch.
 	CaptureAuto CaptureMode = "auto"
 )
 
