@@ -7,7 +7,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcdc/pgcdc/internal/change"
-	"github.com/pgcdc/pgcdc/internal/deadletter"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/txbuf"
 )
@@ -64,7 +63,7 @@ func (w *Worker) RedeliverDeadLetters(ctx context.Context, sourceName string, li
 		return 0, err
 	}
 	defer pool.Close()
-	store, err := deadletter.Open(ctx, pool, w.opt.deadLetterSchema, w.opt.deadLetterTable, w.opt.workerType)
+	store, err := w.openDeadLetter(ctx, pool)
 	if err != nil {
 		return 0, err
 	}

@@ -50,7 +50,7 @@ type option struct {
 	deadLetterSchema     string
 	deadLetterTable      string
 	deadLetterOff        bool
-	deadLetterSet        bool
+	deadLetterSet        bool // SetDeadLetterTable was given
 	snapshot             SnapshotMode
 	recreateLostSlot     bool
 	txBufferBytes        int64
@@ -74,7 +74,9 @@ const (
 	DefaultMaxRetries           = 5
 	DefaultMinRetryBackoff      = 100 * time.Millisecond
 	DefaultMaxRetryBackoff      = 10 * time.Second
-	DefaultDeadLetterTable      = "public.pgcdc_dead_letters"
+	// DefaultDeadLetterTable is the dead-letter table of earlier versions:
+	// still the default where it exists (see SetDeadLetterTable).
+	DefaultDeadLetterTable = "public.pgcdc_dead_letters"
 )
 
 // SetPostgresDSN sets the DSN (URL or key=value form) of the default source,
@@ -167,8 +169,10 @@ func SetRetryBackoff(minWait, maxWait time.Duration) OptionFunc {
 }
 
 // SetDeadLetterTable sets the table ("schema.table" or "table") in each
-// source database where events whose handler kept failing are stored
-// (default public.pgcdc_dead_letters). It is created when missing.
+// source database where events whose handler kept failing are stored. It
+// is created when missing. The default is public.pgcdc_dead_letters when
+// that table exists (created by an earlier version), else dead_letters in
+// the worker's pgcdc schema (Worker.TriggerSchema), in both capture modes.
 func SetDeadLetterTable(name string) OptionFunc {
 	return func(o *option) {
 		o.deadLetterSchema, o.deadLetterTable = splitRoute(name)
@@ -228,12 +232,6 @@ func (o *option) fill() {
 	if o.captureMode == "" {
 		o.captureMode = CaptureLogical
 	}
-	if o.triggerSchema == "" {
-		o.triggerSchema = "pgcdc"
-	}
-	if !o.deadLetterSet {
-		o.deadLetterSchema, o.deadLetterTable = splitRoute(DefaultDeadLetterTable)
-	}
 }
 
 func (o *option) validate() error {
@@ -275,7 +273,7 @@ func (o *option) validate() error {
 	if o.minRetryBackoff < 0 || o.minRetryBackoff > o.maxRetryBackoff {
 		bad("SetRetryBackoff(%s, %s): need 0 <= min <= max", o.minRetryBackoff, o.maxRetryBackoff)
 	}
-	if o.deadLetterTable == "" || o.deadLetterSchema == "" {
+	if o.deadLetterSet && (o.deadLetterTable == "" || o.deadLetterSchema == "") {
 		bad("SetDeadLetterTable(%q): empty schema or table name", pgident.Qualified(o.deadLetterSchema, o.deadLetterTable))
 	}
 	switch o.captureMode {

@@ -94,7 +94,7 @@ func TestRedeliverDeadLetters(t *testing.T) {
 	lsn := queryStrings(t, dsn, `SELECT pg_current_wal_lsn()::text`)[0]
 	waitSlotConfirmed(t, dsn, defaultSlot, lsn)
 	r.stop(t)
-	if n := queryStrings(t, dsn, `SELECT count(*)::text FROM pgcdc_dead_letters`)[0]; n != "2" {
+	if n := queryStrings(t, dsn, `SELECT count(*)::text FROM pgcdc.dead_letters`)[0]; n != "2" {
 		t.Fatalf("%s dead letters, want 2", n)
 	}
 	fail.Store(false)
@@ -106,7 +106,7 @@ func TestRedeliverDeadLetters(t *testing.T) {
 	if len(evs) != 2 || string(evs[0].Data.New) != `{"id":1}` || !hex32.MatchString(evs[0].EventID) {
 		t.Fatalf("redelivered = %+v", evs)
 	}
-	if n := queryStrings(t, dsn, `SELECT count(*)::text FROM pgcdc_dead_letters`)[0]; n != "0" {
+	if n := queryStrings(t, dsn, `SELECT count(*)::text FROM pgcdc.dead_letters`)[0]; n != "0" {
 		t.Fatalf("%s dead letters left, want 0", n)
 	}
 }

@@ -82,7 +82,7 @@ func (w *Worker) Status(ctx context.Context) []SourceStatus {
 			st.Publication = st.Slot
 		}
 		if st.Engine != "logical" {
-			st.TriggerSchema = w.opt.triggerSchema
+			st.TriggerSchema = w.TriggerSchema()
 			st.LagBytes = -1
 		}
 		if st.Engine == "logical" && w.serving() {

@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcdc/pgcdc/internal/change"
-	"github.com/pgcdc/pgcdc/internal/deadletter"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/logical"
 	"github.com/pgcdc/pgcdc/internal/observe"
@@ -406,7 +405,7 @@ func (w *Worker) plan() ([]logical.Config, error) {
 func (w *Worker) sourceConfig(s source) logical.Config {
 	name := w.slotName(s.name)
 	cfg := logical.Config{
-		Name: s.name, DSN: s.dsn, Slot: name, Publication: name, StateSchema: w.opt.triggerSchema,
+		Name: s.name, DSN: s.dsn, Slot: name, Publication: name, StateSchema: w.TriggerSchema(),
 		MinReconnect: w.opt.minReconnectInterval, MaxReconnect: w.opt.maxReconnectInterval,
 		OnError: w.opt.onErrorConnection, Logger: w.opt.logger,
 		RecreateLostSlot: w.opt.recreateLostSlot,
@@ -424,9 +423,8 @@ func (w *Worker) sourceConfig(s source) logical.Config {
 		}
 	}
 	if !w.opt.deadLetterOff {
-		schema, table, wt := w.opt.deadLetterSchema, w.opt.deadLetterTable, w.opt.workerType
 		cfg.NewDeadLetter = func(ctx context.Context, pool *pgxpool.Pool) (dispatch.DeadLetter, error) {
-			return deadletter.Open(ctx, pool, schema, table, wt)
+			return w.openDeadLetter(ctx, pool)
 		}
 	}
 	return w.observed(cfg)

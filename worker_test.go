@@ -340,7 +340,7 @@ func testFailingHandlerIsRetriedThenDeadLettered(t *testing.T, m mode) {
 		t.Errorf("failing handler ran %d times, want 4 (1 + 3 retries)", got)
 	}
 	dl := queryStrings(t, dsn, `SELECT route || ' ' || action || ' ' || (payload->'data'->'new'->>'id') || ' ' || attempts || ' ' || error
-		FROM pgcdc_dead_letters ORDER BY id`)
+		FROM pgcdc.dead_letters ORDER BY id`)
 	if len(dl) != 2 || !strings.HasPrefix(dl[0], "jobs INSERT 1 4 ") || !strings.Contains(dl[0], "boom") ||
 		!strings.HasPrefix(dl[1], "jobs INSERT 2 4 ") || !strings.Contains(dl[1], "panicked: handler bug") {
 		t.Fatalf("dead letters = %q", dl)

@@ -20,7 +20,7 @@ import (
 
 // TestPoisonEvent: among 16 lanes, the handler always fails for one key
 // (id 42). The event must be retried with a growing backoff, land in
-// public.pgcdc_dead_letters with its error, and meanwhile the events of the
+// pgcdc_ft_poison.dead_letters (the default: dead_letters in the worker type's pgcdc schema) with its error, and meanwhile the events of the
 // other keys must keep flowing: while the poison is still being retried,
 // the other keys' rows (written after the poison) must be delivered — all
 // but those that share the poison's lane, which wait behind it to keep the
@@ -96,7 +96,7 @@ func TestPoisonEvent(t *testing.T) {
 	var dlError string
 	var dlAttempts int
 	waitUntil(t, time.Minute, 20*time.Millisecond, "the poison in the dead-letter table", func(ctx context.Context) (bool, error) {
-		err := src.QueryRow(ctx, `SELECT error, attempts FROM public.pgcdc_dead_letters WHERE route = 'items' AND (payload->'data'->'new'->>'id')::bigint = $1`, poisonID).Scan(&dlError, &dlAttempts)
+		err := src.QueryRow(ctx, `SELECT error, attempts FROM pgcdc_ft_poison.dead_letters WHERE route = 'items' AND (payload->'data'->'new'->>'id')::bigint = $1`, poisonID).Scan(&dlError, &dlAttempts)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return false, nil
 		}
@@ -182,7 +182,7 @@ func TestPoisonEvent(t *testing.T) {
 	if got != 1 {
 		t.Errorf("the poison event %s was delivered %d times after redelivery, want 1 (same event_id)", ev, got)
 	}
-	if left := queryInt(t, src, `SELECT count(*) FROM public.pgcdc_dead_letters`); left != 0 {
+	if left := queryInt(t, src, `SELECT count(*) FROM pgcdc_ft_poison.dead_letters`); left != 0 {
 		t.Errorf("%d dead letters left after a successful redelivery", left)
 	}
 	sv.stop(t)

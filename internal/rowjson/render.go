@@ -21,6 +21,10 @@ func SessionParams() map[string]string {
 		"extra_float_digits": "1",
 		"bytea_output":       "hex",
 		"client_encoding":    "UTF8",
+		// reg* values (regclass, regproc, regtype, ...) render relative to
+		// search_path: pinned like the trigger engine's function, so they
+		// do not depend on the database's or role's search_path.
+		"search_path": "pg_catalog, public",
 	}
 }
 

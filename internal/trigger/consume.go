@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -115,8 +116,10 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 func (s *Source) identify(ctx context.Context, pool *pgxpool.Pool) error {
 	var db string
 	var oid uint32
-	err := pool.QueryRow(ctx, `SELECT current_database(), to_regclass($1)::oid, current_setting('track_commit_timestamp')::bool`,
-		pgident.Qualified(s.cfg.Schema, EventTable)).Scan(&db, &oid, &s.commitTS)
+	var enc string
+	err := pool.QueryRow(ctx, `SELECT current_database(), to_regclass($1)::oid, current_setting('track_commit_timestamp')::bool,
+			current_setting('server_encoding')`,
+		pgident.Qualified(s.cfg.Schema, EventTable)).Scan(&db, &oid, &s.commitTS, &enc)
 	if err != nil {
 		return fmt.Errorf("source %s: reading source identity: %w", s.label, err)
 	}
@@ -128,6 +131,14 @@ func (s *Source) identify(ctx context.Context, pool *pgxpool.Pool) error {
 		}
 		s.cfg.Logger.Warn("pgcdc: cannot read the system identifier; event ids are unique per database and event table only", "source", s.cfg.Name, "error", err)
 		sysid = "unknown"
+	}
+	// The row JSON is read as UTF-8 bytes, converted by the server. A
+	// SQL_ASCII database has no encoding to convert from (its text may hold
+	// any bytes): its bytes are read as they are, and validUTF8 replaces
+	// what is not UTF-8.
+	s.readEncoding = "UTF8"
+	if enc == "SQL_ASCII" {
+		s.readEncoding = "SQL_ASCII"
 	}
 	s.sourceID = sysid + "/" + db + "/trigger/" + strconv.FormatUint(uint64(oid), 10) + "/"
 	return nil
@@ -143,9 +154,12 @@ func (s *Source) warnUnrouted(ctx context.Context, pool *pgxpool.Pool) {
 		FROM pg_catalog.pg_trigger t
 		JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE t.tgfoid = to_regprocedure($1)
+		JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+		JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+		WHERE pn.nspname = $1 AND (p.proname = $4 OR p.proname LIKE $5)
+			AND obj_description(p.oid, 'pg_proc') LIKE 'pgcdc %'
 			AND (n.nspname, c.relname) NOT IN (SELECT * FROM unnest($2::text[], $3::text[]))`,
-		pgident.Qualified(s.cfg.Schema, Function)+"()", schemas, names)
+		s.cfg.Schema, schemas, names, Function, Function+`\_%`)
 	if err != nil {
 		return
 	}
@@ -173,7 +187,8 @@ type event struct {
 // that has an earlier event outside the batch (claimed by another
 // instance, being claimed right now, or left out) unless that earlier
 // event is validly claimed by this instance; a TRUNCATE event is skipped
-// likewise while any earlier event of its table is. See the package doc.
+// likewise while any earlier event of its table is, and so is every event
+// of a table after a TRUNCATE that is skipped. See the package doc.
 func (s *Source) claimSQL() string {
 	t := pgident.Qualified(s.cfg.Schema, EventTable)
 	when := "e.tx_time"
@@ -196,19 +211,41 @@ func (s *Source) claimSQL() string {
 	WHERE before < $6
 ), earlier AS (
 	-- Events before the batch's last one, outside the batch and not validly
-	-- claimed by this session: each holds back the later events of its key.
-	SELECT p.id, p.row_key, p.schema_name, p.table_name FROM ` + t + ` p
+	-- claimed by this session: each holds back the later events of its key,
+	-- and a TRUNCATE the later events of its table.
+	SELECT p.id, p.row_key, p.action, p.schema_name, p.table_name FROM ` + t + ` p
 	WHERE p.id < (SELECT max(id) FROM batch)
 		AND NOT EXISTS (SELECT 1 FROM batch c WHERE c.id = p.id)
 		AND (p.claimed_by IS DISTINCT FROM $4 OR p.claimed_until IS NULL OR p.claimed_until < now())
+), free AS (
+	-- Batch events that no event outside the batch holds back.
+	SELECT c.* FROM batch c
+	WHERE c.action <> 'TRUNCATE'
+		AND NOT EXISTS (SELECT 1 FROM earlier b WHERE b.row_key = c.row_key AND b.id < c.id)
+		AND NOT EXISTS (SELECT 1 FROM earlier b WHERE b.action = 'TRUNCATE'
+			AND b.schema_name = c.schema_name AND b.table_name = c.table_name AND b.id < c.id)
+	UNION ALL
+	SELECT c.* FROM batch c
+	WHERE c.action = 'TRUNCATE'
+		AND NOT EXISTS (SELECT 1 FROM earlier b
+			WHERE b.schema_name = c.schema_name AND b.table_name = c.table_name AND b.id < c.id)
+), stuck AS (
+	SELECT c.* FROM batch c WHERE NOT EXISTS (SELECT 1 FROM free f WHERE f.id = c.id)
+), blocked AS (
+	-- TRUNCATEs of the batch that cannot be claimed now: held back, or
+	-- after a held-back event of their table. They hold back every later
+	-- event of their table, so none overtakes them.
+	SELECT c.id, c.schema_name, c.table_name FROM batch c
+	WHERE c.action = 'TRUNCATE' AND EXISTS (SELECT 1 FROM stuck s
+		WHERE s.schema_name = c.schema_name AND s.table_name = c.table_name AND s.id <= c.id)
 )
 UPDATE ` + t + ` e SET claimed_until = now() + $5 * interval '1 millisecond', claimed_by = $4
-FROM batch c
+FROM free c
 WHERE e.id = c.id
-	AND NOT EXISTS (SELECT 1 FROM earlier b WHERE b.row_key = c.row_key AND b.id < c.id)
-	AND (c.action <> 'TRUNCATE' OR NOT EXISTS (SELECT 1 FROM earlier b
-		WHERE b.schema_name = c.schema_name AND b.table_name = c.table_name AND b.id < c.id))
-RETURNING e.id, e.schema_name, e.table_name, e.action, e.row_key, e.old::text, e.new::text, e.xid::text, ` + when + `,
+	AND NOT EXISTS (SELECT 1 FROM blocked b
+		WHERE b.schema_name = c.schema_name AND b.table_name = c.table_name AND b.id <= c.id)
+RETURNING e.id, e.schema_name, e.table_name, e.action, e.row_key,
+	pg_catalog.convert_to(e.old::text, $7), pg_catalog.convert_to(e.new::text, $7), e.xid::text, ` + when + `,
 	(SELECT count(*) FROM cand)`
 }
 
@@ -264,7 +301,7 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 	// the session ends, instead of staying claimed until it expires.
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimQueryTimeout)
 	defer cancel()
-	rows, err := pool.Query(qctx, sql, schemas, names, limit, s.claimer, timeoutMs, claimBytes)
+	rows, err := pool.Query(qctx, sql, schemas, names, limit, s.claimer, timeoutMs, claimBytes, s.readEncoding)
 	if err != nil {
 		return false, fmt.Errorf("source %s: claiming events: %w", s.label, err)
 	}
@@ -274,6 +311,13 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 		ev := &event{}
 		if err = rows.Scan(&ev.id, &ev.schema, &ev.table, &ev.action, &ev.rowKey, &ev.old, &ev.new, &ev.xid, &ev.commitTime, &candN); err != nil {
 			break
+		}
+		var badOld, badNew bool
+		ev.old, badOld = validUTF8(ev.old)
+		ev.new, badNew = validUTF8(ev.new)
+		if badOld || badNew {
+			s.cfg.Logger.Warn("pgcdc: a captured row holds bytes that are not valid UTF-8 (a SQL_ASCII database); they are delivered as U+FFFD",
+				"source", s.cfg.Name, "table", pgident.Qualified(ev.schema, ev.table), "event_row", ev.id)
 		}
 		batch = append(batch, ev)
 	}
@@ -305,7 +349,17 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 	slices.SortFunc(batch, func(a, b *event) int { return cmp.Compare(a.id, b.id) })
 	for _, ev := range batch {
 		c := s.change(ev)
-		if ev.action == "TRUNCATE" && !s.barrier(ctx, ev.id) {
+		table := ev.schema + "." + ev.table
+		if ev.action == "TRUNCATE" {
+			// A barrier: every earlier event handled before it, and (below)
+			// no later event of its table before it.
+			if !s.barrier(ctx, func() bool { return s.unresolvedBefore(ev.id) }) {
+				return more, nil
+			}
+			s.mu.Lock()
+			s.truncs[ev.id] = table
+			s.mu.Unlock()
+		} else if !s.barrier(ctx, func() bool { return s.truncateBefore(ev.id, table) }) {
 			return more, nil
 		}
 		routed, err := disp.Send(ctx, c, func() error { return nil })
@@ -319,19 +373,13 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 	return more, nil
 }
 
-// barrier waits until every event before id that this instance claimed is
-// resolved, so a TRUNCATE is handled after every earlier change. It reports
-// false when ctx ended first.
-func (s *Source) barrier(ctx context.Context, id int64) bool {
+// barrier waits until held reports false, checking again after each
+// millisecond; held runs under s.mu. It reports false when ctx ended
+// first.
+func (s *Source) barrier(ctx context.Context, held func() bool) bool {
 	for {
 		s.mu.Lock()
-		pending := false
-		for other := range s.inflight {
-			if other < id {
-				pending = true
-				break
-			}
-		}
+		pending := held()
 		s.mu.Unlock()
 		if !pending {
 			return true
@@ -342,6 +390,28 @@ func (s *Source) barrier(ctx context.Context, id int64) bool {
 		case <-time.After(time.Millisecond):
 		}
 	}
+}
+
+// unresolvedBefore reports whether an event before id that this instance
+// claimed is unresolved. Called with s.mu held.
+func (s *Source) unresolvedBefore(id int64) bool {
+	for other := range s.inflight {
+		if other < id {
+			return true
+		}
+	}
+	return false
+}
+
+// truncateBefore reports whether a TRUNCATE of table before id that this
+// instance claimed is unresolved. Called with s.mu held.
+func (s *Source) truncateBefore(id int64, table string) bool {
+	for other, t := range s.truncs {
+		if other < id && t == table {
+			return true
+		}
+	}
+	return false
 }
 
 // rowRef resolves one event row: once its change is handled or
@@ -357,6 +427,7 @@ func (r rowRef) Done() { r.s.resolve(r.id) }
 func (s *Source) resolve(id int64) {
 	s.mu.Lock()
 	delete(s.inflight, id)
+	delete(s.truncs, id)
 	s.resolved = append(s.resolved, id)
 	s.mu.Unlock()
 	select {
@@ -410,6 +481,28 @@ func appendJSON(b, v []byte) []byte {
 		return append(b, "null"...)
 	}
 	return append(b, v...)
+}
+
+// validUTF8 returns the row JSON with every byte that is not part of valid
+// UTF-8 replaced by U+FFFD, and whether it had any. Only a SQL_ASCII
+// database can hold such bytes (the server does not convert SQL_ASCII
+// text); they can only sit inside JSON strings, so the JSON stays valid.
+func validUTF8(v []byte) ([]byte, bool) {
+	if utf8.Valid(v) {
+		return v, false
+	}
+	out := make([]byte, 0, len(v)+16)
+	for len(v) > 0 {
+		r, size := utf8.DecodeRune(v)
+		if r == utf8.RuneError && size <= 1 {
+			out = utf8.AppendRune(out, utf8.RuneError)
+			v = v[1:]
+			continue
+		}
+		out = append(out, v[:size]...)
+		v = v[size:]
+	}
+	return out, true
 }
 
 // deleter deletes resolved rows in batches: each delete takes whatever was
@@ -506,6 +599,7 @@ func (s *Source) cleanup(ctx context.Context, pool *pgxpool.Pool) error {
 	s.mu.Lock()
 	for _, id := range ids {
 		delete(s.inflight, id)
+		delete(s.truncs, id)
 	}
 	s.mu.Unlock()
 	return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -398,7 +399,7 @@ func TestClaimBoundedBySize(t *testing.T) {
 	s := New(cfg)
 	s.claimer = "probe"
 	schemas, names := s.tableArrays()
-	rows, err := p.Query(ctx, s.claimSQL(), schemas, names, 500, s.claimer, int64(60000), claimBytes)
+	rows, err := p.Query(ctx, s.claimSQL(), schemas, names, 500, s.claimer, int64(60000), claimBytes, "UTF8")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,4 +420,46 @@ func TestClaimBoundedBySize(t *testing.T) {
 	pgtest.Exec(t, dsn, `UPDATE pgcdc.events SET claimed_by = NULL, claimed_until = NULL`)
 	start(t, cfg)
 	rec.waitFor(t, time.Minute, "20 events", atLeast(20))
+}
+
+// TestTruncateWaitsForHeldBackEvents: a TRUNCATE held back (an earlier
+// event of its table is claimed by another instance) holds back every later
+// event of its table too; before, the INSERT after it was claimed and
+// handled ahead of it. Other tables are not held back.
+func TestTruncateWaitsForHeldBackEvents(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE tr (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)`)
+	rec := newRecorder()
+	cfg := config(dsn, route("public", "tr", 1, rec.handle), route("public", "other", 1, rec.handle))
+	cfg.Tables[0].Route.Truncate = true
+	p := pool(t, dsn)
+	ctx := context.Background()
+	if err := Install(ctx, p, "", cfg.Tables); err != nil {
+		t.Fatal(err)
+	}
+	// 1: INSERT 1 (claimed by another instance), 2: UPDATE 1, 3: TRUNCATE,
+	// 4: INSERT 3, 5: INSERT into other.
+	pgtest.Exec(t, dsn, `INSERT INTO tr VALUES (1); UPDATE tr SET id = 1; TRUNCATE tr; INSERT INTO tr VALUES (3); INSERT INTO other VALUES (1);
+		UPDATE pgcdc.events SET claimed_by = 'elsewhere', claimed_until = now() + interval '1 hour' WHERE id = 1`)
+	s := New(cfg)
+	s.claimer = "probe"
+	schemas, names := s.tableArrays()
+	rows, err := p.Query(ctx, s.claimSQL(), schemas, names, 500, s.claimer, int64(60000), claimBytes, "UTF8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%v %v", vals[2], vals[3]))
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	if !slices.Equal(got, []string{"other INSERT"}) {
+		t.Errorf("claimed %q, want only the other table's INSERT", got)
+	}
 }

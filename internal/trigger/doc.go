@@ -20,7 +20,7 @@
 // AFTER TRUNCATE FOR EACH STATEMENT trigger that records one, with old and
 // new null.
 //
-// The function is SECURITY DEFINER, so writers need no privilege on the
+// The functions are SECURITY DEFINER, so writers need no privilege on the
 // pgcdc schema (EXECUTE is revoked from PUBLIC; only triggers call it), with
 // search_path fixed to pg_catalog, public as such functions must be (reg*
 // values render relative to it). It also fixes the settings that shape
@@ -36,11 +36,20 @@
 //
 // # Keys and order
 //
-// The trigger receives the table's primary key column names as trigger
-// arguments (Install re-creates the trigger when the key changes) and
-// stores row_key, a 64-bit hash (hashtextextended) of schema, table and the
-// key values taken from the new row (the old row for DELETE). A table
-// without a primary key hashes to one key per table. row_key is both the
+// Install creates one trigger function per primary key (column names):
+// "capture_<hash>", with the key columns written into its body, shared by
+// the tables with the same key column names ("capture", without a key, for
+// tables without a primary key and for TRUNCATE). It stores row_key, a
+// 64-bit hash (hashtextextended) of schema, table and the key values taken
+// from the new row (the old row for DELETE), each read from the row's own
+// column (to_json of the value, unquoted for strings: the text row_to_json
+// holds), never from the row's JSON: parsing that decodes every string in
+// it and fails for values a json column accepts ("\u0000", or a
+// character the database encoding lacks), which would fail the writer's
+// statement. The key columns are also the trigger's arguments; Install
+// re-creates the trigger when the key changes and drops the functions no
+// trigger uses. A table without a primary key hashes to one key per table.
+// row_key is both the
 // dispatch partition key (changes of one key go to one lane, in order) and
 // what the claim query uses to keep the order across batches and instances.
 // Distinct keys that collide are only ordered more strictly than needed.
@@ -81,10 +90,15 @@
 // only unfinished events (delivered rows are deleted), so no index on
 // row_key is needed and writers maintain one index only.
 //
+// A TRUNCATE is a barrier for its table: the claim also skips any event
+// whose table has an earlier TRUNCATE that is outside the batch or cannot
+// be claimed now, and a TRUNCATE whose table has an earlier event held back.
+//
 // The claimed changes go, in id order, to the dispatcher's lanes; the
 // dispatcher retries failed handlers and dead-letters exhausted ones. A
 // TRUNCATE event is handed over only once every earlier event this session
-// claimed is resolved. A row is deleted only when its change is resolved
+// claimed is resolved, and a later event of its table only once the
+// TRUNCATE is resolved. A row is deleted only when its change is resolved
 // (handler succeeded or dead-lettered); deletes are batched by a second
 // goroutine. A heartbeat extends the claims of this session's unfinished
 // rows every ClaimTimeout/3, so a slow handler keeps its claim. A session
@@ -176,6 +190,16 @@
 //
 // Events of tables that still carry this schema's trigger but are routed
 // by no source are never claimed; the source logs them at start. One pgcdc
-// schema serves one application: two applications routing the same table
-// through the same schema would share (split) its events.
+// schema serves one worker type: the Sources reading it share (split) its
+// events. The root package gives each worker type its own schema by
+// default, so each gets every change; Install refuses, naming the owner, a
+// schema this role may not use (another application's).
+//
+// # Encodings
+//
+// Consumer connections use client_encoding UTF8, and the claim reads the
+// row JSON with convert_to(..., 'UTF8'), so events are UTF-8 whatever the
+// database encoding. A SQL_ASCII database cannot be converted: its bytes
+// are read as they are, and any byte that is not part of valid UTF-8 is
+// delivered as U+FFFD, with a warning naming the table.
 package trigger

@@ -28,7 +28,7 @@ const (
 	Function = "capture"
 	// FunctionVersion is the version of the trigger function's body. It is
 	// kept in the function's COMMENT; an older function is replaced.
-	FunctionVersion = 1
+	FunctionVersion = 2
 
 	tagPrefix   = "pgcdc "
 	schemaTag   = "pgcdc schema: created by pgcdc, removed by its teardown"
@@ -66,12 +66,25 @@ func triggerName(schema, base string) string {
 	if schema == DefaultSchema {
 		return base
 	}
-	name := base + "_" + schema
+	return cutName(base+"_"+schema, schema)
+}
+
+// WorkerTypeSchema is the default schema of a worker type that is not the
+// default one: "pgcdc_<worker type>", cut to 63 bytes with a hash. Every
+// worker type has its own, so each gets every change of the tables it
+// routes.
+func WorkerTypeSchema(workerType string) string {
+	return cutName(DefaultSchema+"_"+workerType, workerType)
+}
+
+// cutName returns name when it fits in an identifier, else its start
+// followed by "_" and a hash of key.
+func cutName(name, key string) string {
 	if len(name) <= pgident.MaxLen {
 		return name
 	}
 	h := fnv.New32a()
-	h.Write([]byte(schema))
+	h.Write([]byte(key))
 	tail := fmt.Sprintf("_%08x", h.Sum32())
 	cut := pgident.MaxLen - len(tail)
 	for cut > 0 && name[cut]&0xC0 == 0x80 { // do not split a UTF-8 sequence
@@ -88,10 +101,50 @@ func lockKey(schema string) int64 {
 	return int64(h.Sum64())
 }
 
-// functionSQL is the trigger function. Its key columns arrive as trigger
-// arguments; see the package doc for row_key.
-func functionSQL(schema string) string {
-	return `CREATE OR REPLACE FUNCTION ` + pgident.Qualified(schema, Function) + `() RETURNS trigger
+// functionName is the trigger function for tables whose primary key is
+// key: "capture" for no key (tables without a primary key, and the
+// TRUNCATE trigger), else "capture_<16 hex digits>" of a hash of the key
+// column names. The key columns are written into the function's body, so
+// one function serves every table with the same key column names
+// (PL/pgSQL compiles a trigger function separately for each table).
+func functionName(key []string) string {
+	if len(key) == 0 {
+		return Function
+	}
+	h := fnv.New64a()
+	for _, k := range key {
+		h.Write([]byte(k))
+		h.Write([]byte{0})
+	}
+	return fmt.Sprintf("%s_%016x", Function, h.Sum64())
+}
+
+// keyExpr is the PL/pgSQL expression of the row key text taken from rec
+// (NEW or OLD): each key column's value as to_json renders it, unquoted
+// for strings, followed by chr(31). It reads the columns themselves, never
+// the row's JSON: parsing that JSON decodes every string in it, which
+// fails for json values the column accepts (\u0000, or characters that
+// the database encoding lacks). For the key columns (types with a btree
+// operator class, so never json) the text is the one row_to_json holds,
+// the same as function version 1 hashed.
+func keyExpr(rec string, key []string) string {
+	if len(key) == 0 {
+		return "''"
+	}
+	var b strings.Builder
+	for i, k := range key {
+		if i > 0 {
+			b.WriteString(" || ")
+		}
+		b.WriteString("coalesce(pg_catalog.to_json(" + rec + "." + pgident.Quote(k) + ") OPERATOR(pg_catalog.#>>) '{}', '') || chr(31)")
+	}
+	return b.String()
+}
+
+// functionSQL is the trigger function for tables with primary key key; see
+// the package doc for row_key.
+func functionSQL(schema string, key []string) string {
+	return `CREATE OR REPLACE FUNCTION ` + pgident.Qualified(schema, functionName(key)) + `() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, public
 SET timezone = 'UTC'
@@ -103,17 +156,21 @@ AS $pgcdc$
 DECLARE
 	o json;
 	n json;
-	k text := '';
+	k text;
 BEGIN
-	IF TG_OP IN ('UPDATE', 'DELETE') THEN
+	IF TG_OP = 'DELETE' THEN
 		o := pg_catalog.row_to_json(OLD);
-	END IF;
-	IF TG_OP IN ('INSERT', 'UPDATE') THEN
+		k := ` + keyExpr("OLD", key) + `;
+	ELSIF TG_OP = 'UPDATE' THEN
+		o := pg_catalog.row_to_json(OLD);
 		n := pg_catalog.row_to_json(NEW);
+		k := ` + keyExpr("NEW", key) + `;
+	ELSIF TG_OP = 'INSERT' THEN
+		n := pg_catalog.row_to_json(NEW);
+		k := ` + keyExpr("NEW", key) + `;
+	ELSE
+		k := '';
 	END IF;
-	FOR i IN 0 .. TG_NARGS - 1 LOOP
-		k := k || coalesce(coalesce(n, o) ->> TG_ARGV[i], '') || chr(31);
-	END LOOP;
 	INSERT INTO ` + pgident.Qualified(schema, EventTable) + ` (schema_name, table_name, action, row_key, old, new, xid)
 	VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP,
 		pg_catalog.hashtextextended(TG_TABLE_SCHEMA || chr(31) || TG_TABLE_NAME || chr(31) || k, 0),
@@ -246,6 +303,9 @@ func Install(ctx context.Context, pool *pgxpool.Pool, schema string, tables []di
 	if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_advisory_xact_lock($1)`, lockKey(schema)); err != nil {
 		return fmt.Errorf("install: taking the install lock: %w", err)
 	}
+	if err := checkSchemaAccess(ctx, tx, schema); err != nil {
+		return err
+	}
 	if err := installObjects(ctx, tx, schema); err != nil {
 		return privilegeHint(err)
 	}
@@ -259,10 +319,44 @@ func Install(ctx context.Context, pool *pgxpool.Pool, schema string, tables []di
 			return privilegeHint(err)
 		}
 	}
+	if err := dropUnusedFunctions(ctx, tx, schema); err != nil {
+		return privilegeHint(err)
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("install: commit: %w", err)
 	}
 	return nil
+}
+
+// checkSchemaAccess refuses, up front, a schema this role cannot use: one
+// that another role (typically another application's) created. Without
+// this check the install fails later with a bare "permission denied for
+// schema".
+func checkSchemaAccess(ctx context.Context, tx pgx.Tx, schema string) error {
+	var owner string
+	var usage bool
+	var tableOK *bool
+	err := tx.QueryRow(ctx, `SELECT pg_catalog.pg_get_userbyid(n.nspowner),
+			pg_catalog.has_schema_privilege(n.oid, 'USAGE'),
+			(SELECT pg_catalog.has_table_privilege(c.oid, 'SELECT, UPDATE, DELETE')
+				FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname = $2)
+		FROM pg_catalog.pg_namespace n WHERE n.nspname = $1`, schema, EventTable).Scan(&owner, &usage, &tableOK)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil // created by this install
+	}
+	if err != nil {
+		return fmt.Errorf("install: reading the catalog: %w", err)
+	}
+	if usage && (tableOK == nil || *tableOK) {
+		return nil
+	}
+	var user string
+	if err := tx.QueryRow(ctx, `SELECT current_user`).Scan(&user); err != nil {
+		return fmt.Errorf("install: reading the catalog: %w", err)
+	}
+	return &errs.Fatal{Err: fmt.Errorf("%w: the trigger engine's schema %s belongs to role %q (another application or worker type?) and role %q may not use it; "+
+		"give this worker its own schema (SetTriggerSchema, or a distinct SetWorkerType), or have %q grant USAGE on the schema and SELECT, UPDATE, DELETE on %s to %q",
+		errs.ErrPrivilege, pgident.Quote(schema), owner, user, owner, pgident.Qualified(schema, EventTable), user)}
 }
 
 // installObjects creates the schema, table and function when missing or
@@ -292,14 +386,55 @@ func installObjects(ctx context.Context, tx pgx.Tx, schema string) error {
 			return fmt.Errorf("install: creating event table %s: %w", pgident.Qualified(schema, EventTable), err)
 		}
 	}
-	want := fmt.Sprintf(functionTag, FunctionVersion)
-	if fnComment == nil || *fnComment != want {
-		fn := pgident.Qualified(schema, Function)
-		sql := functionSQL(schema) + `;
-COMMENT ON FUNCTION ` + fn + `() IS ` + quoteLiteral(want) + `;
+	if fnComment == nil || *fnComment != fmt.Sprintf(functionTag, FunctionVersion) {
+		return createFunction(ctx, tx, schema, nil)
+	}
+	return nil
+}
+
+// ensureFunction creates the trigger function for key when it is missing
+// or outdated.
+func ensureFunction(ctx context.Context, tx pgx.Tx, schema string, key []string) error {
+	var fnComment *string
+	err := tx.QueryRow(ctx, `SELECT (SELECT obj_description(p.oid, 'pg_proc') FROM pg_catalog.pg_proc p
+			JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+			WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs = 0)`, schema, functionName(key)).Scan(&fnComment)
+	if err != nil {
+		return fmt.Errorf("install: reading the catalog: %w", err)
+	}
+	if fnComment != nil && *fnComment == fmt.Sprintf(functionTag, FunctionVersion) {
+		return nil
+	}
+	return createFunction(ctx, tx, schema, key)
+}
+
+func createFunction(ctx context.Context, tx pgx.Tx, schema string, key []string) error {
+	fn := pgident.Qualified(schema, functionName(key))
+	sql := functionSQL(schema, key) + `;
+COMMENT ON FUNCTION ` + fn + `() IS ` + quoteLiteral(fmt.Sprintf(functionTag, FunctionVersion)) + `;
 REVOKE ALL ON FUNCTION ` + fn + `() FROM PUBLIC`
-		if _, err := tx.Conn().PgConn().Exec(ctx, sql).ReadAll(); err != nil {
-			return fmt.Errorf("install: creating trigger function %s: %w", fn, err)
+	if _, err := tx.Conn().PgConn().Exec(ctx, sql).ReadAll(); err != nil {
+		return fmt.Errorf("install: creating trigger function %s: %w", fn, err)
+	}
+	return nil
+}
+
+// dropUnusedFunctions drops the key functions of the schema that no
+// trigger calls any more (their table's key changed, or the table went).
+func dropUnusedFunctions(ctx context.Context, tx pgx.Tx, schema string) error {
+	var drops []string
+	err := collect(ctx, tx, &drops, `SELECT 'DROP FUNCTION ' || p.oid::regprocedure::text
+		FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+		WHERE n.nspname = $1 AND p.proname LIKE $2 AND p.pronargs = 0
+			AND obj_description(p.oid, 'pg_proc') LIKE 'pgcdc %'
+			AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgfoid = p.oid)`,
+		schema, Function+`\_%`)
+	if err != nil {
+		return fmt.Errorf("install: reading the catalog: %w", err)
+	}
+	for _, d := range drops {
+		if _, err := tx.Exec(ctx, d); err != nil {
+			return fmt.Errorf("install: %s: %w", d, err)
 		}
 	}
 	return nil
@@ -311,23 +446,33 @@ REVOKE ALL ON FUNCTION ` + fn + `() FROM PUBLIC`
 // (dropped when it no longer does). Only triggers with our names on this
 // very table are looked at; other triggers on the table are left alone.
 func installTriggers(ctx context.Context, tx pgx.Tx, schema string, r tableRef) error {
+	if err := ensureFunction(ctx, tx, schema, r.key); err != nil {
+		return err
+	}
 	if err := ensureTrigger(ctx, tx, schema, r, TriggerName(schema), true, captureTgtype, r.key, "INSERT OR UPDATE OR DELETE", "ROW"); err != nil {
 		return err
 	}
 	return ensureTrigger(ctx, tx, schema, r, truncateTriggerName(schema), r.truncate, truncateTgtype, nil, "TRUNCATE", "STATEMENT")
 }
 
+// ensureTrigger makes the trigger name on r call the function of args (the
+// key columns, also given as trigger arguments) when want, and drops it
+// when not. A trigger with that name that calls no pgcdc function of the
+// schema is someone else's: an error when want, left alone otherwise.
 func ensureTrigger(ctx context.Context, tx pgx.Tx, schema string, r tableRef, name string, want bool, tgtype int, args []string, events, level string) error {
 	table := pgident.Qualified(r.schema, r.name)
-	var ours bool
+	fn := pgident.Qualified(schema, functionName(args))
+	var ours, current bool
 	var gotType int16
 	var gotArgs []byte
-	err := tx.QueryRow(ctx, `SELECT t.tgfoid = (SELECT p.oid FROM pg_catalog.pg_proc p
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
 				JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-				WHERE n.nspname = $3 AND p.proname = $4 AND p.pronargs = 0),
+				WHERE p.oid = t.tgfoid AND n.nspname = $3 AND (p.proname = $4 OR p.proname LIKE $5)
+					AND obj_description(p.oid, 'pg_proc') LIKE 'pgcdc %'),
+			t.tgfoid = to_regprocedure($6),
 			t.tgtype, t.tgargs
 		FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2`,
-		r.oid, name, schema, Function).Scan(&ours, &gotType, &gotArgs)
+		r.oid, name, schema, Function, Function+`\_%`, fn+"()").Scan(&ours, &current, &gotType, &gotArgs)
 	exists := err == nil
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("install: reading triggers of %s: %w", table, err)
@@ -338,7 +483,7 @@ func ensureTrigger(ctx context.Context, tx pgx.Tx, schema string, r tableRef, na
 			errs.ErrConfig, table, pgident.Quote(name))}
 	case exists && !ours, !exists && !want:
 		return nil
-	case exists && want && int(gotType) == tgtype && slices.Equal(splitArgs(gotArgs), args):
+	case exists && want && current && int(gotType) == tgtype && slices.Equal(splitArgs(gotArgs), args):
 		return nil
 	}
 	var sql strings.Builder
@@ -347,7 +492,7 @@ func ensureTrigger(ctx context.Context, tx pgx.Tx, schema string, r tableRef, na
 	}
 	if want {
 		sql.WriteString(`CREATE TRIGGER ` + pgident.Quote(name) + ` AFTER ` + events + ` ON ` + table +
-			` FOR EACH ` + level + ` EXECUTE FUNCTION ` + pgident.Qualified(schema, Function) + `(`)
+			` FOR EACH ` + level + ` EXECUTE FUNCTION ` + fn + `(`)
 		for i, a := range args {
 			if i > 0 {
 				sql.WriteString(", ")

@@ -3,6 +3,7 @@ package trigger
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -135,8 +136,14 @@ func TestInstallIdempotentAndSelective(t *testing.T) {
 		t.Fatalf("triggers after key change:\n got %q\nwant %q", got, want)
 	}
 	var comment string
-	if err := conn.QueryRow(ctx, `SELECT obj_description('pgcdc.capture()'::regprocedure, 'pg_proc')`).Scan(&comment); err != nil || comment != "pgcdc capture function v1" {
+	if err := conn.QueryRow(ctx, `SELECT obj_description('pgcdc.capture()'::regprocedure, 'pg_proc')`).Scan(&comment); err != nil || comment != fmt.Sprintf(functionTag, FunctionVersion) {
 		t.Errorf("function comment = %q, %v", comment, err)
+	}
+	// One function per key: the one of the old key (id) is still used by
+	// other and "Shop"."we""ird"'s is; none is left unused.
+	fns := queryInt(t, conn, `SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgcdc'::regnamespace`)
+	if fns != 4 { // capture, capture_<id>, capture_<a b,id>, capture_<name,id>
+		t.Errorf("%d functions in the schema, want 4", fns)
 	}
 	before := queryInt(t, conn, `SELECT count(*) FROM pgcdc.events`)
 	pgtest.Exec(t, dsn, `INSERT INTO items VALUES (2, 'z')`)
@@ -335,5 +342,49 @@ func TestPrivileges(t *testing.T) {
 	err = Install(ctx, weakPool, "", append(tables, route("public", "later", 1, rec.handle)))
 	if !errs.IsFatal(err) || !errors.Is(err, errs.ErrPrivilege) {
 		t.Errorf("Install on a table the role does not own = %v, want a fatal ErrPrivilege", err)
+	}
+}
+
+// TestRowKeyFromColumnsMatchesVersion1: the row key read from the key
+// columns themselves hashes the same text version 1 took from the row's
+// JSON, so events captured before and after an upgrade keep their order.
+func TestRowKeyFromColumnsMatchesVersion1(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, `CREATE TYPE pair AS (a int, b text);
+		CREATE TABLE k (i bigint, s text, u uuid, ts timestamptz, n numeric, f float8, d date, p pair, arr int[], b bool, j jsonb, doc json,
+			PRIMARY KEY (i, s, u, ts, n, f, d, p, arr, b, j))`)
+	rec := newRecorder()
+	ctx := context.Background()
+	if err := Install(ctx, pool(t, dsn), "", []dispatch.Table{route("public", "k", 1, rec.handle)}); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, dsn, `SET timezone = 'Asia/Kolkata'; SET datestyle = 'SQL, DMY';
+		INSERT INTO k VALUES (9007199254740993, E'tab\there "q" \\ é\x01', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+			'2024-02-29 12:34:56.789+05:30', 12.50, 0.1, '0044-03-15 BC', ROW(1, 'x "y"'), '{1,NULL,3}', true, '{"b": [1, "\u00e9"]}',
+			E'{"a":"\u00e9 \\n"}');
+		UPDATE k SET doc = '{}'; DELETE FROM k`)
+	conn := connect(t, dsn)
+	// Version 1's key text: each key column's value taken with ->> from
+	// row_to_json of the row (the old row for DELETE), then chr(31).
+	var got, want []int64
+	rows, err := conn.Query(ctx, `SELECT e.row_key, hashtextextended('public' || chr(31) || 'k' || chr(31) ||
+			(SELECT string_agg(coalesce(coalesce(e.new, e.old) ->> c.name, '') || chr(31), '' ORDER BY c.ord)
+				FROM unnest(ARRAY['i','s','u','ts','n','f','d','p','arr','b','j']) WITH ORDINALITY c(name, ord)), 0)
+		FROM pgcdc.events e ORDER BY e.id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var g, w int64
+		if err := rows.Scan(&g, &w); err != nil {
+			t.Fatal(err)
+		}
+		got, want = append(got, g), append(want, w)
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	if len(got) != 3 || !slices.Equal(got, want) {
+		t.Errorf("row keys %v, version 1 keys %v", got, want)
 	}
 }

@@ -85,11 +85,15 @@ type Source struct {
 	sourceID   string // "<system identifier>/<database>/trigger/<table oid>/"
 	sourceJSON []byte
 	commitTS   bool // track_commit_timestamp is on
+	// readEncoding is what the claim converts the row JSON to: "UTF8", or
+	// "SQL_ASCII" (no conversion) in a SQL_ASCII database.
+	readEncoding string
 
 	pool atomic.Pointer[pgxpool.Pool] // the current session's pool, for Backlog
 
 	mu       sync.Mutex
 	inflight map[int64]struct{} // claimed by this instance, unresolved
+	truncs   map[int64]string   // the TRUNCATE events of inflight: their "schema.table"
 	resolved []int64            // resolved, not deleted yet
 	wake     chan struct{}      // signals the deleter
 	room     chan struct{}      // signals the consumer: a claimed event was resolved
@@ -129,6 +133,7 @@ func New(cfg Config) *Source {
 		label:      label,
 		sourceJSON: rowjson.AppendString(nil, cfg.Name),
 		inflight:   map[int64]struct{}{},
+		truncs:     map[int64]string{},
 		wake:       make(chan struct{}, 1),
 		room:       make(chan struct{}, 1),
 	}
@@ -232,6 +237,10 @@ func (s *Source) connConfig() (*pgconn.Config, error) {
 		return nil, &errs.Fatal{Err: fmt.Errorf("%w: source %s: cannot parse DSN: %v", errs.ErrConfig, s.label, redact(err))}
 	}
 	cfg.RuntimeParams["application_name"] = "pgcdc"
+	// Events are UTF-8 JSON whatever the database encoding: the server
+	// converts the stored JSON to UTF-8. (Without this, pgx connections get
+	// the database's encoding and LATIN1 bytes would reach handlers.)
+	cfg.RuntimeParams["client_encoding"] = "UTF8"
 	// The claim query's estimates can pass jit_above_cost on a large event
 	// table; compiling it then costs far more (a second) than running it.
 	cfg.RuntimeParams["jit"] = "off"

@@ -15,11 +15,12 @@ import (
 // Teardown removes what Install created in schema ("" means "pgcdc"),
 // found by the "pgcdc " COMMENT tags: every trigger that calls a tagged
 // function of the schema, those functions, the tagged tables of the schema
-// (the event table, with its undelivered events, and a dead-letter table
-// placed there) and the schema itself if pgcdc created it. Nothing untagged
+// (the event table, with its undelivered events) and the schema itself if pgcdc created it. Nothing untagged
 // is touched: when the schema also holds objects pgcdc did not create, it
 // is kept and Teardown says so in its error after removing the rest. A
-// schema that does not exist is not an error.
+// dead-letter table in the schema (the default location) is kept, and so
+// is the schema then, without an error. A schema that does not exist is
+// not an error.
 func Teardown(ctx context.Context, dsn string, schema string, configure func(*pgconn.Config)) error {
 	schema = schemaOrDefault(schema)
 	cfg, err := pgx.ParseConfig(dsn)
@@ -68,7 +69,8 @@ func Teardown(ctx context.Context, dsn string, schema string, configure func(*pg
 	if err == nil {
 		err = collect(ctx, tx, &drops, `SELECT 'DROP TABLE ' || c.oid::regclass::text
 			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND obj_description(c.oid, 'pg_class') LIKE 'pgcdc %'`, schema)
+			WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND obj_description(c.oid, 'pg_class') LIKE 'pgcdc %'
+				AND obj_description(c.oid, 'pg_class') NOT LIKE $2`, schema, deadLetterTag+"%")
 	}
 	if err != nil {
 		return fmt.Errorf("teardown: reading the catalog: %w", err)
@@ -79,7 +81,13 @@ func Teardown(ctx context.Context, dsn string, schema string, configure func(*pg
 		}
 	}
 	var kept error
-	if schemaTagged != nil && *schemaTagged {
+	var deadLetters bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND obj_description(c.oid, 'pg_class') LIKE $2)`, schema, deadLetterTag+"%").Scan(&deadLetters); err != nil {
+		return fmt.Errorf("teardown: reading the catalog: %w", err)
+	}
+	if schemaTagged != nil && *schemaTagged && !deadLetters {
 		if _, err := tx.Exec(ctx, `SAVEPOINT drop_schema`); err != nil {
 			return fmt.Errorf("teardown: %w", err)
 		}
@@ -100,6 +108,10 @@ func Teardown(ctx context.Context, dsn string, schema string, configure func(*pg
 	}
 	return kept
 }
+
+// deadLetterTag starts the COMMENT of a dead-letter table (package
+// deadletter), which Teardown keeps.
+const deadLetterTag = "pgcdc dead letters"
 
 func collect(ctx context.Context, tx pgx.Tx, out *[]string, sql string, args ...any) error {
 	rows, err := tx.Query(ctx, sql, args...)
