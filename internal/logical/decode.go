@@ -34,7 +34,7 @@ type relation struct {
 	cols         []column
 	partIdx      []int // primary key columns: the partition key
 	routeKey     string
-	omittedJSON  []byte // `,"omitted_generated":[...]`: generated columns not published
+	omitted      []string // generated columns not published (omitted_generated)
 }
 
 type column struct {
@@ -181,23 +181,12 @@ func queryNames(ctx context.Context, pool *pgxpool.Pool, sql string, relID uint3
 // omitGenerated records the generated columns the Relation message lacks:
 // each event of the relation lists them in "omitted_generated".
 func (r *relation) omitGenerated(gen []string, m *pglogrepl.RelationMessage) {
-	var omitted []string
+	r.omitted = nil
 	for _, g := range gen {
 		if !slices.ContainsFunc(m.Columns, func(c *pglogrepl.RelationMessageColumn) bool { return c.Name == g }) {
-			omitted = append(omitted, g)
+			r.omitted = append(r.omitted, g)
 		}
 	}
-	if len(omitted) == 0 {
-		return
-	}
-	b := append([]byte(nil), `,"omitted_generated":[`...)
-	for i, name := range omitted {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = rowjson.AppendString(b, name)
-	}
-	r.omittedJSON = append(b, ']')
 }
 
 // setRelation caches a relation with its primary key column names.
@@ -326,58 +315,32 @@ func partKey(r *relation, t *pglogrepl.TupleData) uint64 {
 
 func (d *decoder) message(r *relation, c *change.Change, m *rowMsg) []byte {
 	b := make([]byte, 0, messageSize(r, m.oldT, m.newT))
-	b = append(b, `{"event_id":"`...)
-	b = append(b, c.EventID...)
-	b = append(b, '"')
+	b = change.AppendID(b, c.EventID)
 	b = d.appendBody(b, r, m)
 	return d.appendTail(b)
 }
 
 // appendBody writes the part of an event that does not depend on the
-// commit: from "table" to "source" (and "unchanged_toast"). A streamed
+// commit: from "table" to "source" and the extra fields. A streamed
 // transaction keeps only this until it commits.
 func (d *decoder) appendBody(b []byte, r *relation, m *rowMsg) []byte {
-	action, oldT, newT, oldIsKey := m.action, m.oldT, m.newT, m.oldIsKey
-	b = append(b, `,"table":`...)
-	b = append(b, r.tableJSON...)
-	b = append(b, `,"action":"`...)
-	b = append(b, action...)
-	b = append(b, `","data":{"old":`...)
 	var unchanged []string
-	b = d.appendRow(b, r, oldT, nil, oldIsKey, nil)
-	b = append(b, `,"new":`...)
-	b = d.appendRow(b, r, newT, oldT, false, &unchanged)
-	b = append(b, `},"schema":`...)
-	b = append(b, r.schemaJSON...)
-	b = append(b, `,"source":`...)
-	b = append(b, d.sourceJSON...)
-	if len(unchanged) > 0 {
-		b = append(b, `,"unchanged_toast":[`...)
-		for i, name := range unchanged {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = rowjson.AppendString(b, name)
-		}
-		b = append(b, ']')
-	}
-	b = append(b, r.omittedJSON...)
+	b = change.AppendBodyHead(b, r.tableJSON, m.action)
+	b = d.appendRow(b, r, m.oldT, nil, m.oldIsKey, nil)
+	b = change.AppendNew(b)
+	b = d.appendRow(b, r, m.newT, m.oldT, false, &unchanged)
+	b = change.AppendSource(b, r.schemaJSON, d.sourceJSON)
+	b = change.AppendNames(b, "unchanged_toast", unchanged)
+	b = change.AppendNames(b, "omitted_generated", r.omitted)
 	if d.txContext != nil {
-		b = append(b, `,"context":`...)
-		b = append(b, d.txContext...)
+		b = change.AppendField(b, "context", d.txContext)
 	}
 	return b
 }
 
 // appendTail writes the commit's fields and closes the event.
 func (d *decoder) appendTail(b []byte) []byte {
-	b = append(b, `,"lsn":"`...)
-	b = change.AppendLSN(b, uint64(d.commitLSN))
-	b = append(b, `","xid":`...)
-	b = strconv.AppendUint(b, uint64(d.xid), 10)
-	b = append(b, `,"commit_time":"`...)
-	b = d.commitTime.UTC().AppendFormat(b, time.RFC3339Nano)
-	return append(b, `"}`...)
+	return change.AppendTail(b, uint64(d.commitLSN), d.xid, d.commitTime)
 }
 
 // messageSize guesses the event's length, so building it rarely grows the

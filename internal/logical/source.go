@@ -19,13 +19,13 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/pgcdc/pgcdc/internal/backoff"
 	"github.com/pgcdc/pgcdc/internal/checkpoint"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/errs"
 	"github.com/pgcdc/pgcdc/internal/observe"
 	"github.com/pgcdc/pgcdc/internal/pgident"
 	"github.com/pgcdc/pgcdc/internal/rowjson"
+	"github.com/pgcdc/pgcdc/internal/runner"
 )
 
 // Table is one routed table of a source.
@@ -80,6 +80,7 @@ type Source struct {
 	sqlASCII      bool    // server_encoding SQL_ASCII: text may hold any bytes
 	snap          *snapshots
 	startPos      uint64 // the confirmed position the session started from
+	progressed    bool   // the last session confirmed a position past startPos
 	serverVersion int    // server_version_num
 	hadSlot       bool
 	types         *rowjson.Types
@@ -117,39 +118,32 @@ func (s *Source) LagBytes() int64 { return s.lag.Load() }
 // Run streams until ctx is done (handlers are cancelled), stop is closed
 // (handlers finish, the final position is confirmed) or a fatal error. It
 // reconnects with backoff after connection errors.
-func (s *Source) Run(ctx context.Context, stop <-chan struct{}) (err error) {
-	defer func() { s.cfg.Observe.SetState(observe.Stopped, err) }()
+func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 	s.lag.Store(-1)
-	readCtx, cancelRead := context.WithCancel(ctx)
-	defer cancelRead()
-	go func() {
-		select {
-		case <-stop:
-			cancelRead()
-		case <-readCtx.Done():
-		}
-	}()
-
-	wait := backoff.Backoff{Min: s.cfg.MinReconnect, Max: s.cfg.MaxReconnect}
 	var undecodable struct {
 		at pglogrepl.LSN
 		n  int
 	}
-	for {
-		s.streamed = time.Time{}
-		s.cfg.Observe.SetState(observe.Connecting, nil)
-		err := s.session(ctx, readCtx)
-		progressed := s.tracker != nil && s.tracker.Confirmed() > s.startPos
-		if !s.streamed.IsZero() && (progressed || time.Since(s.streamed) >= max(s.cfg.MaxReconnect, time.Second)) {
+	return runner.Run(ctx, stop, runner.Config{
+		Name: s.cfg.Name, Engine: "replication", MinReconnect: s.cfg.MinReconnect, MaxReconnect: s.cfg.MaxReconnect,
+		OnError: s.cfg.OnError, Logger: s.cfg.Logger, Observe: s.cfg.Observe,
+		Session: func(ctx, readCtx context.Context) (runner.Outcome, error) {
+			s.streamed = time.Time{}
+			err := s.session(ctx, readCtx)
+			s.progressed = s.tracker != nil && s.tracker.Confirmed() > s.startPos
 			// A session that streamed and moved on (or lasted) was a
-			// success: the next failure is a new one and starts again from
-			// the shortest wait. One that fails where it started keeps
-			// backing off.
-			wait.Reset()
-		}
-		var de *decodeError
-		if errors.As(err, &de) {
-			if de.at == undecodable.at && !progressed {
+			// success; one that fails where it started keeps backing off.
+			ok := !s.streamed.IsZero() && (s.progressed || time.Since(s.streamed) >= max(s.cfg.MaxReconnect, time.Second))
+			return runner.Outcome{Success: ok}, err
+		},
+		// The same message failing to decode session after session is no
+		// transient fault: stop, naming it.
+		Retry: func(err error, _ runner.Outcome) error {
+			var de *decodeError
+			if !errors.As(err, &de) {
+				return err
+			}
+			if de.at == undecodable.at && !s.progressed {
 				undecodable.n++
 			} else {
 				undecodable.at, undecodable.n = de.at, 1
@@ -157,52 +151,21 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) (err error) {
 			if undecodable.n >= maxUndecodable {
 				return &errs.Fatal{Err: fmt.Errorf("%w (%d sessions in a row failed on it)", err, undecodable.n)}
 			}
-		}
-		if readCtx.Err() != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return nil
-		}
-		if errs.IsFatal(err) {
 			return err
-		}
-		if err == nil {
-			err = errors.New("replication stream ended")
-		}
-		var delay time.Duration
-		if errors.Is(err, errSlotBusy) {
-			s.cfg.Logger.Info("pgcdc: replication slot in use by another process; standing by", "source", s.cfg.Name, "slot", s.cfg.Slot)
-			wait.Reset()
-			delay = wait.Next()
-			s.cfg.Observe.SetState(observe.Standby, nil)
-		} else {
-			delay = wait.Next()
-			s.cfg.Observe.SetState(observe.BackingOff, err)
-			s.cfg.Logger.Warn("pgcdc: source disconnected; reconnecting", "source", s.cfg.Name, "error", err, "retry_in", delay)
-			if s.cfg.OnError != nil {
-				s.cfg.OnError(err)
-			}
-		}
-		if !backoff.Sleep(readCtx, delay) {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return nil
-		}
-	}
+		},
+	})
 }
 
-var errSlotBusy = errors.New("replication slot is in use by another process")
+var errSlotBusy = fmt.Errorf("replication slot is in use by another process: %w", runner.ErrStandby)
 
 // maxUndecodable is how many sessions in a row may fail to decode the
 // message at one WAL position before the source stops with ErrDecode.
 const maxUndecodable = 5
 
 func (s *Source) connConfig(replication bool) (*pgconn.Config, error) {
-	cfg, err := pgconn.ParseConfig(s.cfg.DSN)
+	cfg, err := runner.ParseDSN(s.cfg.DSN, s.label())
 	if err != nil {
-		return nil, &errs.Fatal{Err: fmt.Errorf("%w: source %s: cannot parse DSN: %v", errs.ErrConfig, s.label(), redact(err))}
+		return nil, err
 	}
 	for k, v := range rowjson.SessionParams() {
 		cfg.RuntimeParams[k] = v
@@ -233,16 +196,6 @@ func (s *Source) connConfig(replication bool) (*pgconn.Config, error) {
 	return cfg, nil
 }
 
-// redact keeps only the error's type of message: pgconn's parse errors can
-// quote the DSN, which may hold a password.
-func redact(err error) error {
-	var pe *pgconn.ParseConfigError
-	if errors.As(err, &pe) {
-		return errors.New("invalid connection string (check its syntax; the string itself is not shown because it may contain a password)")
-	}
-	return err
-}
-
 // session is one connection's life: setup, stream, and on the way out,
 // wait for the in-flight changes and confirm the final position.
 func (s *Source) session(ctx, readCtx context.Context) (err error) {
@@ -262,7 +215,7 @@ func (s *Source) session(ctx, readCtx context.Context) (err error) {
 	}
 	defer pool.Close()
 	if err := pool.Ping(readCtx); err != nil {
-		return classifyConnect(s.label(), err)
+		return runner.ClassifyConnect(s.label(), err)
 	}
 
 	if err := s.check(readCtx, pool); err != nil {
@@ -424,21 +377,6 @@ func (s *Source) finish(ctx, readCtx context.Context, conn *pgconn.PgConn, cause
 		return nil
 	}
 	return cause
-}
-
-// classifyConnect turns errors that reconnecting cannot fix (the server
-// refused the credentials, the database does not exist) into fatal ones.
-func classifyConnect(label string, err error) error {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch {
-		case pgErr.Code == "28P01" || pgErr.Code == "28000":
-			return &errs.Fatal{Err: fmt.Errorf("%w: source %s: the server refused the login (%s): check the user and password of the DSN", errs.ErrConfig, label, pgErr.Message)}
-		case pgErr.Code == "3D000":
-			return &errs.Fatal{Err: fmt.Errorf("%w: source %s: %s: check the database name of the DSN", errs.ErrConfig, label, pgErr.Message)}
-		}
-	}
-	return fmt.Errorf("source %s: connecting: %w", label, err)
 }
 
 // watchLag samples, every second, how many bytes of WAL the server

@@ -23,6 +23,7 @@ import (
 	"github.com/pgcdc/pgcdc/internal/observe"
 	"github.com/pgcdc/pgcdc/internal/pgident"
 	"github.com/pgcdc/pgcdc/internal/rowjson"
+	"github.com/pgcdc/pgcdc/internal/runner"
 )
 
 // cleanupTimeout bounds the deletes and releases done when a session ends.
@@ -45,7 +46,7 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 	}
 	defer pool.Close()
 	if err := pool.Ping(readCtx); err != nil {
-		return classifyConnect(s.label, err)
+		return runner.ClassifyConnect(s.label, err)
 	}
 	if err := Install(readCtx, pool, s.cfg.Schema, s.cfg.Tables); err != nil {
 		return fmt.Errorf("source %s: %w", s.label, err)
@@ -450,25 +451,12 @@ func (s *Source) change(ev *event) *change.Change {
 	eventID := hex.EncodeToString(sum[:])
 
 	b := make([]byte, 0, 192+len(ev.old)+len(ev.new)+len(ev.table)+len(ev.schema)+len(s.sourceJSON))
-	b = append(b, `{"event_id":"`...)
-	b = append(b, eventID...)
-	b = append(b, `","table":`...)
-	b = rowjson.AppendString(b, ev.table)
-	b = append(b, `,"action":`...)
-	b = rowjson.AppendString(b, ev.action)
-	b = append(b, `,"data":{"old":`...)
+	b = change.AppendHead(b, eventID, rowjson.AppendString(nil, ev.table), ev.action)
 	b = appendJSON(b, ev.old)
-	b = append(b, `,"new":`...)
+	b = change.AppendNew(b)
 	b = appendJSON(b, ev.new)
-	b = append(b, `},"schema":`...)
-	b = rowjson.AppendString(b, ev.schema)
-	b = append(b, `,"source":`...)
-	b = append(b, s.sourceJSON...)
-	b = append(b, `,"xid":`...)
-	b = strconv.AppendUint(b, uint64(xid), 10)
-	b = append(b, `,"commit_time":"`...)
-	b = ev.commitTime.UTC().AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `"}`...)
+	b = change.AppendSource(b, rowjson.AppendString(nil, ev.schema), s.sourceJSON)
+	b = change.AppendTail(b, 0, xid, ev.commitTime) // no LSN in trigger mode
 	return &change.Change{
 		Source: s.cfg.Name, Schema: ev.schema, Table: ev.table, Action: ev.action,
 		EventID: eventID, Message: b, PartKey: uint64(ev.rowKey), XID: xid,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -15,12 +14,12 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/pgcdc/pgcdc/internal/backoff"
 	"github.com/pgcdc/pgcdc/internal/dispatch"
 	"github.com/pgcdc/pgcdc/internal/errs"
 	"github.com/pgcdc/pgcdc/internal/observe"
 	"github.com/pgcdc/pgcdc/internal/pgident"
 	"github.com/pgcdc/pgcdc/internal/rowjson"
+	"github.com/pgcdc/pgcdc/internal/runner"
 )
 
 // Defaults of the Config fields left zero.
@@ -180,61 +179,28 @@ func (s *Source) tableArrays() (schemas, names []string) {
 // privilege, a refused login). Connection errors are retried with backoff
 // between MinReconnect and MaxReconnect, each reported to OnError. Run must
 // not be called again before it returned.
-func (s *Source) Run(ctx context.Context, stop <-chan struct{}) (err error) {
-	defer func() { s.cfg.Observe.SetState(observe.Stopped, err) }()
+func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 	if len(s.cfg.Tables) == 0 {
+		s.cfg.Observe.SetState(observe.Stopped, nil)
 		return &errs.Fatal{Err: fmt.Errorf("%w: source %s: no routed table", errs.ErrConfig, s.label)}
 	}
-	readCtx, cancelRead := context.WithCancel(ctx)
-	defer cancelRead()
-	go func() {
-		select {
-		case <-stop:
-			cancelRead()
-		case <-readCtx.Done():
-		}
-	}()
-	wait := backoff.Backoff{Min: s.cfg.MinReconnect, Max: s.cfg.MaxReconnect}
-	for {
-		s.consumed = false
-		s.cfg.Observe.SetState(observe.Connecting, nil)
-		err := s.session(ctx, readCtx)
-		if s.consumed {
+	return runner.Run(ctx, stop, runner.Config{
+		Name: s.cfg.Name, Engine: "trigger", MinReconnect: s.cfg.MinReconnect, MaxReconnect: s.cfg.MaxReconnect,
+		OnError: s.cfg.OnError, Logger: s.cfg.Logger, Observe: s.cfg.Observe,
+		Session: func(ctx, readCtx context.Context) (runner.Outcome, error) {
+			s.consumed = false
+			err := s.session(ctx, readCtx)
 			// A session that consumed was a success: the next failure is a
 			// first failure again.
-			wait.Reset()
-		}
-		if readCtx.Err() != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return nil
-		}
-		if errs.IsFatal(err) {
-			return err
-		}
-		if err == nil {
-			err = errors.New("session ended")
-		}
-		delay := wait.Next()
-		s.cfg.Observe.SetState(observe.BackingOff, err)
-		s.cfg.Logger.Warn("pgcdc: trigger source disconnected; reconnecting", "source", s.cfg.Name, "error", err, "retry_in", delay)
-		if s.cfg.OnError != nil {
-			s.cfg.OnError(err)
-		}
-		if !backoff.Sleep(readCtx, delay) {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return nil
-		}
-	}
+			return runner.Outcome{Success: s.consumed}, err
+		},
+	})
 }
 
 func (s *Source) connConfig() (*pgconn.Config, error) {
-	cfg, err := pgconn.ParseConfig(s.cfg.DSN)
+	cfg, err := runner.ParseDSN(s.cfg.DSN, s.label)
 	if err != nil {
-		return nil, &errs.Fatal{Err: fmt.Errorf("%w: source %s: cannot parse DSN: %v", errs.ErrConfig, s.label, redact(err))}
+		return nil, err
 	}
 	cfg.RuntimeParams["application_name"] = "pgcdc"
 	// Events are UTF-8 JSON whatever the database encoding: the server
@@ -271,29 +237,4 @@ func (s *Source) newPool(ctx context.Context, maxConns int32) (*pgxpool.Pool, er
 		return nil, fmt.Errorf("source %s: %w", s.label, err)
 	}
 	return pool, nil
-}
-
-// classifyConnect turns errors that reconnecting cannot fix (the server
-// refused the login, the database does not exist) into fatal ones.
-func classifyConnect(label string, err error) error {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case "28P01", "28000":
-			return &errs.Fatal{Err: fmt.Errorf("%w: source %s: the server refused the login (%s): check the user and password of the DSN", errs.ErrConfig, label, pgErr.Message)}
-		case "3D000":
-			return &errs.Fatal{Err: fmt.Errorf("%w: source %s: %s: check the database name of the DSN", errs.ErrConfig, label, pgErr.Message)}
-		}
-	}
-	return fmt.Errorf("source %s: connecting: %w", label, err)
-}
-
-// redact hides pgconn's parse errors, which can quote the DSN (and its
-// password).
-func redact(err error) error {
-	var pe *pgconn.ParseConfigError
-	if errors.As(err, &pe) {
-		return errors.New("invalid connection string (check its syntax; the string itself is not shown because it may contain a password)")
-	}
-	return err
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcdc/pgcdc/internal/pgident"
+	"github.com/pgcdc/pgcdc/internal/runner"
 )
 
 // Teardown removes what Install created in schema ("" means "pgcdc"),
@@ -25,7 +26,7 @@ func Teardown(ctx context.Context, dsn string, schema string, configure func(*pg
 	schema = schemaOrDefault(schema)
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
-		return fmt.Errorf("teardown: %w", redact(err))
+		return fmt.Errorf("teardown: %w", runner.Redact(err))
 	}
 	cfg.RuntimeParams["application_name"] = "pgcdc"
 	if configure != nil {
