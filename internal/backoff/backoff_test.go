@@ -1,7 +1,9 @@
 package backoff
 
 import (
+	"context"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -19,4 +21,21 @@ func TestDoublesCapsAndResets(t *testing.T) {
 			t.Fatalf("waits %v, want %v", got, want)
 		}
 	}
+}
+
+// Sleep waits the whole duration, or returns false as soon as ctx ends
+// (fake time: testing/synctest).
+func TestSleep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		if !Sleep(context.Background(), 3*time.Second) || time.Since(start) != 3*time.Second {
+			t.Fatalf("Sleep returned after %s", time.Since(start))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		start = time.Now()
+		if Sleep(ctx, time.Hour) || time.Since(start) != time.Second {
+			t.Fatalf("Sleep with a context ending after 1s returned after %s", time.Since(start))
+		}
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/pgcdc/pgcdc/internal/change"
@@ -68,37 +69,41 @@ func TestPerKeyOrderAcrossLanes(t *testing.T) {
 }
 
 func TestRetryThenDeadLetterAndPanic(t *testing.T) {
-	dl := &memDL{}
-	res := &counter{}
-	var calls atomic.Int32
-	d := New(Config{Logger: slog.New(slog.DiscardHandler), DeadLetter: dl})
-	d.Add("public", "t", Route{Name: "t", Retry: RetryPolicy{MaxRetries: 2, MinBackoff: time.Microsecond, MaxBackoff: time.Millisecond},
-		Handler: func(_ context.Context, c *change.Change) error {
-			calls.Add(1)
-			if c.XID == 1 {
-				panic("bad")
+	// Fake time (testing/synctest): the backoffs and the keeper's
+	// one-second tick pass at once.
+	synctest.Test(t, func(t *testing.T) {
+		dl := &memDL{}
+		res := &counter{}
+		var calls atomic.Int32
+		d := New(Config{Logger: slog.New(slog.DiscardHandler), DeadLetter: dl})
+		d.Add("public", "t", Route{Name: "t", Retry: RetryPolicy{MaxRetries: 2, MinBackoff: time.Microsecond, MaxBackoff: time.Millisecond},
+			Handler: func(_ context.Context, c *change.Change) error {
+				calls.Add(1)
+				if c.XID == 1 {
+					panic("bad")
+				}
+				return errors.New("nope")
+			}})
+		d.Start(context.Background())
+		for _, x := range []uint32{1, 2} {
+			c := &change.Change{Schema: "public", Table: "t", XID: x, Pos: res, EventID: "e"}
+			if _, err := d.Send(context.Background(), c, noIdle); err != nil {
+				t.Fatal(err)
 			}
-			return errors.New("nope")
-		}})
-	d.Start(context.Background())
-	for _, x := range []uint32{1, 2} {
-		c := &change.Change{Schema: "public", Table: "t", XID: x, Pos: res, EventID: "e"}
-		if _, err := d.Send(context.Background(), c, noIdle); err != nil {
-			t.Fatal(err)
 		}
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for res.n.Load() < 2 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	_ = d.Stop(context.Background())
-	if calls.Load() != 6 || res.n.Load() != 2 || len(dl.errs) != 2 {
-		t.Fatalf("calls=%d resolved=%d dead=%d; want 6, 2, 2", calls.Load(), res.n.Load(), len(dl.errs))
-	}
-	var he *HandlerError
-	if !errors.As(dl.errs[0], &he) || !errors.As(dl.errs[0], new(*PanicError)) {
-		t.Fatalf("first dead letter error %v: want a HandlerError wrapping a PanicError", dl.errs[0])
-	}
+		deadline := time.Now().Add(10 * time.Second)
+		for res.n.Load() < 2 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		_ = d.Stop(context.Background())
+		if calls.Load() != 6 || res.n.Load() != 2 || len(dl.errs) != 2 {
+			t.Fatalf("calls=%d resolved=%d dead=%d; want 6, 2, 2", calls.Load(), res.n.Load(), len(dl.errs))
+		}
+		var he *HandlerError
+		if !errors.As(dl.errs[0], &he) || !errors.As(dl.errs[0], new(*PanicError)) {
+			t.Fatalf("first dead letter error %v: want a HandlerError wrapping a PanicError", dl.errs[0])
+		}
+	})
 }
 
 func TestBackoffDoublesAndCaps(t *testing.T) {
@@ -189,109 +194,121 @@ func TestFirstCallsRunOnLanes(t *testing.T) {
 // A slow handler is not run on the sender: once seen to be slow, Send only
 // queues.
 func TestSlowHandlerMovesToLanes(t *testing.T) {
-	res := &counter{}
-	release := make(chan struct{})
-	var calls atomic.Int32
-	d := newTestDispatcher(t, Route{Name: "t", Handler: func(context.Context, *change.Change) error {
-		if calls.Add(1) == 1 {
-			time.Sleep(5 * time.Millisecond) // slow: later changes go to the lane
+	// Fake time (testing/synctest): the backoffs and the keeper's
+	// one-second tick pass at once.
+	synctest.Test(t, func(t *testing.T) {
+		res := &counter{}
+		release := make(chan struct{})
+		var calls atomic.Int32
+		d := newTestDispatcher(t, Route{Name: "t", Handler: func(context.Context, *change.Change) error {
+			if calls.Add(1) == 1 {
+				time.Sleep(5 * time.Millisecond) // slow: later changes go to the lane
+				return nil
+			}
+			<-release
 			return nil
-		}
-		<-release
-		return nil
-	}})
-	defer close(release)
-	if _, err := d.Send(context.Background(), change1(1, res), noIdle); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := d.Send(context.Background(), change1(1, res), noIdle)
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
+		}})
+		defer close(release)
+		if _, err := d.Send(context.Background(), change1(1, res), noIdle); err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Send ran a slow handler on the sender's goroutine")
-	}
+		done := make(chan error, 1)
+		go func() {
+			_, err := d.Send(context.Background(), change1(1, res), noIdle)
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Send ran a slow handler on the sender's goroutine")
+		}
+	})
 }
 
 // A change failing on the sender's goroutine moves to its lane for the
 // retries; other lanes keep flowing and the lane keeps its order.
 func TestFailingDirectHandlerDoesNotBlock(t *testing.T) {
-	res := &counter{}
-	var mu sync.Mutex
-	var order []uint32
-	fail := atomic.Bool{}
-	fail.Store(true)
-	d := newTestDispatcher(t, Route{Name: "t", Lanes: 2,
-		Retry: RetryPolicy{MaxRetries: 1000, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond},
-		Handler: func(_ context.Context, c *change.Change) error {
-			if c.PartKey == 0 && c.XID == 1 && fail.Load() {
-				return errors.New("not yet")
+	// Fake time (testing/synctest): the backoffs and the keeper's
+	// one-second tick pass at once.
+	synctest.Test(t, func(t *testing.T) {
+		res := &counter{}
+		var mu sync.Mutex
+		var order []uint32
+		fail := atomic.Bool{}
+		fail.Store(true)
+		d := newTestDispatcher(t, Route{Name: "t", Lanes: 2,
+			Retry: RetryPolicy{MaxRetries: 1000, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond},
+			Handler: func(_ context.Context, c *change.Change) error {
+				if c.PartKey == 0 && c.XID == 1 && fail.Load() {
+					return errors.New("not yet")
+				}
+				mu.Lock()
+				order = append(order, c.XID)
+				mu.Unlock()
+				return nil
+			}})
+		send := func(key uint64, xid uint32) {
+			c := change1(key, res)
+			c.XID = xid
+			if _, err := d.Send(context.Background(), c, noIdle); err != nil {
+				t.Fatal(err)
 			}
-			mu.Lock()
-			order = append(order, c.XID)
-			mu.Unlock()
-			return nil
-		}})
-	send := func(key uint64, xid uint32) {
-		c := change1(key, res)
-		c.XID = xid
-		if _, err := d.Send(context.Background(), c, noIdle); err != nil {
-			t.Fatal(err)
 		}
-	}
-	send(0, 1) // fails, moves to lane 0
-	send(0, 2) // must wait behind 1
-	for i := uint32(10); i < 20; i++ {
-		send(1, i) // lane 1 flows
-	}
-	waitFor(t, func() bool { return res.n.Load() == 10 })
-	fail.Store(false)
-	waitFor(t, func() bool { return res.n.Load() == 12 })
-	mu.Lock()
-	defer mu.Unlock()
-	i1, i2 := slices.Index(order, 1), slices.Index(order, 2)
-	if i1 < 0 || i2 < i1 {
-		t.Fatalf("order %v: change 2 overtook change 1 of the same key", order)
-	}
+		send(0, 1) // fails, moves to lane 0
+		send(0, 2) // must wait behind 1
+		for i := uint32(10); i < 20; i++ {
+			send(1, i) // lane 1 flows
+		}
+		waitFor(t, func() bool { return res.n.Load() == 10 })
+		fail.Store(false)
+		waitFor(t, func() bool { return res.n.Load() == 12 })
+		mu.Lock()
+		defer mu.Unlock()
+		i1, i2 := slices.Index(order, 1), slices.Index(order, 2)
+		if i1 < 0 || i2 < i1 {
+			t.Fatalf("order %v: change 2 overtook change 1 of the same key", order)
+		}
+	})
 }
 
 // While a handler runs long on the sender's goroutine, idle is still
 // called (from another goroutine) so the stream answers the server.
 func TestIdleCalledDuringLongDirectHandler(t *testing.T) {
-	res := &counter{}
-	called := make(chan struct{})
-	var once sync.Once
-	var calls atomic.Int32
-	d := newTestDispatcher(t, Route{Name: "t", Handler: func(ctx context.Context, _ *change.Change) error {
-		if calls.Add(1) <= provenRuns {
+	// Fake time (testing/synctest): the backoffs and the keeper's
+	// one-second tick pass at once.
+	synctest.Test(t, func(t *testing.T) {
+		res := &counter{}
+		called := make(chan struct{})
+		var once sync.Once
+		var calls atomic.Int32
+		d := newTestDispatcher(t, Route{Name: "t", Handler: func(ctx context.Context, _ *change.Change) error {
+			if calls.Add(1) <= provenRuns {
+				return nil
+			}
+			select {
+			case <-called:
+			case <-time.After(30 * time.Second):
+			}
 			return nil
+		}})
+		prove(t, d, res)
+		start := time.Now()
+		if _, err := d.Send(context.Background(), change1(1, res), func() error {
+			once.Do(func() { close(called) })
+			return nil
+		}); err != nil {
+			t.Fatal(err)
 		}
-		select {
-		case <-called:
-		case <-time.After(30 * time.Second):
+		if res.n.Load() != 1 {
+			t.Fatal("the change did not run on the sender")
 		}
-		return nil
-	}})
-	prove(t, d, res)
-	start := time.Now()
-	if _, err := d.Send(context.Background(), change1(1, res), func() error {
-		once.Do(func() { close(called) })
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if res.n.Load() != 1 {
-		t.Fatal("the change did not run on the sender")
-	}
-	if time.Since(start) >= 30*time.Second {
-		t.Fatal("idle was not called while the handler ran")
-	}
+		if time.Since(start) >= 30*time.Second {
+			t.Fatal("idle was not called while the handler ran")
+		}
+	})
 }
 
 func waitFor(t *testing.T, cond func() bool) {
