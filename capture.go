@@ -215,8 +215,9 @@ func (a *autoEngine) choose(ctx context.Context) (bool, error) {
 }
 
 // captureState reports whether the source's replication slot exists and
-// which routed tables carry the trigger engine's capture trigger of
-// schema.
+// which routed tables the trigger engine of schema captures: those with its
+// capture trigger or, when none has, those with undelivered events in its
+// event table.
 func captureState(ctx context.Context, cfg logical.Config, schema string) (bool, []string, error) {
 	pc, err := pgx.ParseConfig(cfg.DSN)
 	if err != nil {
@@ -253,6 +254,22 @@ func captureState(ctx context.Context, cfg logical.Config, schema string) (bool,
 		cfg.Slot, trigger.TriggerName(schema), schema, schemas, names).Scan(&slot, &tables)
 	if err != nil {
 		return false, nil, fmt.Errorf("reading the capture state: %w", err)
+	}
+	if len(tables) > 0 {
+		return slot, tables, nil
+	}
+	// No trigger, but maybe undelivered events (a trigger dropped by hand).
+	var readable bool
+	events := pgident.Qualified(schema, trigger.EventTable)
+	if err := conn.QueryRow(pctx, `SELECT coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass($1), 'SELECT'), false)`, events).Scan(&readable); err != nil {
+		return false, nil, fmt.Errorf("reading the capture state: %w", err)
+	}
+	if readable {
+		err = conn.QueryRow(pctx, `SELECT ARRAY(SELECT DISTINCT pg_catalog.format('%I.%I', schema_name, table_name) FROM `+events+`
+			WHERE (schema_name, table_name) IN (SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY 1)`, schemas, names).Scan(&tables)
+		if err != nil {
+			return false, nil, fmt.Errorf("reading the capture state: %w", err)
+		}
 	}
 	return slot, tables, nil
 }

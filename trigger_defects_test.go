@@ -509,6 +509,19 @@ func TestCaptureAutoDoesNotSwitchUnsafely(t *testing.T) {
 		t.Errorf("event ids %v: want 3 distinct", all)
 	}
 
+	// A row waiting in the event table while its trigger was dropped by
+	// hand also keeps the source on the trigger engine.
+	exec(t, appDSN, `INSERT INTO s.t VALUES (5); DROP TRIGGER pgcdc_capture ON s.t`)
+	rec2b := newRecorder()
+	r2b := run(rec2b)
+	if got := rec2b.waitCount(t, 1); string(got[0].Data.New) != `{"id":5}` {
+		t.Errorf("run 2b delivered %s", got[0].Data.New)
+	}
+	r2b.stop(t)
+	if n := queryStrings(t, dsn, `SELECT count(*)::text FROM pg_replication_slots WHERE database = current_database()`)[0]; n != "0" {
+		t.Errorf("a replication slot was created although the event table held a change")
+	}
+
 	// Retire the trigger engine; run 3 picks logical and creates its slot.
 	w := newWorker(t, pgcdc.SetPostgresDSN(appDSN), pgcdc.SetCaptureMode(pgcdc.CaptureAuto))
 	if err := w.Teardown(context.Background()); err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcdc/pgcdc/internal/change"
@@ -33,7 +34,8 @@ const (
 // when it exists (created by an earlier version), else dead_letters in
 // schema, pgcdc's own schema (created when missing: a role that may create
 // pgcdc's objects may create it, where PostgreSQL 15 denies CREATE on
-// public).
+// public). A role that may not create that schema but may create in public
+// gets public.pgcdc_dead_letters.
 func OpenDefault(ctx context.Context, pool *pgxpool.Pool, schema, workerType string) (*Store, error) {
 	var legacy bool
 	err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
@@ -45,7 +47,20 @@ func OpenDefault(ctx context.Context, pool *pgxpool.Pool, schema, workerType str
 	if legacy {
 		return Open(ctx, pool, LegacySchema, LegacyTable, workerType)
 	}
-	return Open(ctx, pool, schema, DefaultTable, workerType)
+	st, err := Open(ctx, pool, schema, DefaultTable, workerType)
+	var pgErr *pgconn.PgError
+	if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+		return st, err
+	}
+	// The role may not create pgcdc's schema (no CREATE on the database)
+	// but may create in public (PostgreSQL 14 and older by default): the
+	// earlier default. Once created there it is found first, so the choice
+	// stays the same.
+	var inPublic bool
+	if qerr := pool.QueryRow(ctx, `SELECT pg_catalog.has_schema_privilege($1, 'CREATE')`, LegacySchema).Scan(&inPublic); qerr != nil || !inPublic {
+		return nil, err
+	}
+	return Open(ctx, pool, LegacySchema, LegacyTable, workerType)
 }
 
 // Store writes dead letters into one table.
