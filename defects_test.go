@@ -327,3 +327,37 @@ func TestGeneratedColumnsNamedWhenOmitted(t *testing.T) {
 		}
 	})
 }
+
+// Trigger mode captures partitioned tables too: the partitions' changes
+// (also of a partition attached later) come under the partitioned table's
+// name.
+func TestPartitionedTablesTrigger(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	exec(t, dsn, `CREATE TABLE meas (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+		CREATE TABLE meas_eu PARTITION OF meas FOR VALUES IN ('eu');
+		CREATE TABLE meas_us PARTITION OF meas FOR VALUES IN ('us');
+		CREATE TABLE meas_ap (id int, region text, v int, PRIMARY KEY (id, region))`)
+	rec := newRecorder()
+	w := newWorker(t, pgcdc.SetPostgresDSN(dsn), pgcdc.SetCaptureMode(pgcdc.CaptureTrigger))
+	w.Handle("meas", rec.handle)
+	serve(t, w)
+	modes[1].ready(t, dsn, defaultSlot, 1)
+	exec(t, dsn, `INSERT INTO meas VALUES (1, 'eu', 10), (2, 'us', 20);
+		UPDATE meas SET v = 11 WHERE id = 1;
+		ALTER TABLE meas ATTACH PARTITION meas_ap FOR VALUES IN ('ap');
+		INSERT INTO meas VALUES (3, 'ap', 30);
+		DELETE FROM meas WHERE id = 2`)
+	evs := rec.waitCount(t, 5)
+	want := []string{"INSERT", "INSERT", "UPDATE", "INSERT", "DELETE"}
+	for i, ev := range evs {
+		if ev.Table != "meas" || ev.Action != want[i] {
+			t.Fatalf("event %d: table %q action %q; want meas %s", i, ev.Table, ev.Action, want[i])
+		}
+	}
+	w2 := newWorker(t, pgcdc.SetPostgresDSN(dsn), pgcdc.SetCaptureMode(pgcdc.CaptureTrigger), pgcdc.SetWorkerType("both"))
+	w2.Handle("meas", rec.handle)
+	w2.Handle("meas_eu", rec.handle)
+	if err := w2.Serve(context.Background()); !errors.Is(err, pgcdc.ErrConfig) || !strings.Contains(err.Error(), "partition") {
+		t.Fatalf("routing a partitioned table and its partition: %v", err)
+	}
+}

@@ -119,3 +119,38 @@ func BenchmarkWriterContext(b *testing.B) {
 		})
 	}
 }
+
+// Trigger mode: the context reaches the events of its transaction.
+func TestWriterContextTriggerMode(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	exec(t, dsn, `CREATE TABLE t (id int PRIMARY KEY)`)
+	rec := newRecorder()
+	w := newWorker(t, pgcdc.SetPostgresDSN(dsn), pgcdc.SetCaptureMode(pgcdc.CaptureTrigger))
+	w.Handle("t", rec.handle)
+	serve(t, w)
+	modes[1].ready(t, dsn, defaultSlot, 1)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pgcdc.SetTxContext(ctx, tx, map[string]any{"actor": "u7"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO t VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, dsn, `INSERT INTO t VALUES (2)`)
+	evs := rec.waitCount(t, 2)
+	if string(evs[0].Context) != `{"actor":"u7"}` || evs[1].Context != nil {
+		t.Fatalf("contexts %s / %s", evs[0].Context, evs[1].Context)
+	}
+}

@@ -1,7 +1,9 @@
 package change
 
 import (
+	"encoding/json"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pgcdc/pgcdc/internal/rowjson"
@@ -80,6 +82,16 @@ func AppendField(b []byte, key string, raw []byte) []byte {
 	b = append(b, key...)
 	b = append(b, `":`...)
 	return append(b, raw...)
+}
+
+// ContextJSON is the JSON of an event's "context" field for a writer's
+// context (pgcdc.SetTxContext): the value as sent when it is JSON, else a
+// JSON string of it (nothing the writer sent is dropped).
+func ContextJSON(content []byte) []byte {
+	if json.Valid(content) {
+		return append([]byte(nil), content...)
+	}
+	return rowjson.AppendString(nil, strings.ToValidUTF8(string(content), "\uFFFD"))
 }
 
 // AppendTail writes the commit's fields and ends the event. An lsn of 0 is

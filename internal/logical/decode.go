@@ -5,7 +5,6 @@ import (
 	"crypto/md5"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -104,16 +103,6 @@ func (d *decoder) begin(m *pglogrepl.BeginMessage) {
 // ContextPrefix is the prefix of the transactional logical messages that
 // carry a writer's context (pg_logical_emit_message(true, 'pgcdc', json)).
 const ContextPrefix = "pgcdc"
-
-// writerContext turns a context message's content into the JSON of the
-// events' "context" field: the object as sent, or, when it is not JSON, a
-// JSON string of it (nothing the writer sent is dropped).
-func writerContext(content []byte) []byte {
-	if json.Valid(content) {
-		return append([]byte(nil), content...)
-	}
-	return rowjson.AppendString(nil, strings.ToValidUTF8(string(content), "\uFFFD"))
-}
 
 // relation learns what the catalog says of an announced relation, then
 // caches it.

@@ -172,11 +172,11 @@ func (st *stream) logical(ctx context.Context, data []byte) error {
 		}
 		if st.inStream {
 			if t := st.streams[st.streamXid]; t != nil {
-				t.ctx = writerContext(m.Content)
+				t.ctx = change.ContextJSON(m.Content)
 			}
 			return nil
 		}
-		st.dec.txContext = writerContext(m.Content)
+		st.dec.txContext = change.ContextJSON(m.Content)
 	case *pglogrepl.TruncateMessage:
 		if st.inStream {
 			return st.streamed(xid, st.dec.truncateRecords(m)...)

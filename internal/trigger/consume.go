@@ -178,6 +178,7 @@ type event struct {
 	action        string
 	rowKey        int64
 	old, new      []byte // row_to_json text; nil for SQL NULL
+	context       []byte // the writer's context (pgcdc.SetTxContext); nil if none
 	xid           string // xid8 as text
 	commitTime    time.Time
 }
@@ -247,7 +248,7 @@ WHERE e.id = c.id
 		WHERE b.schema_name = c.schema_name AND b.table_name = c.table_name AND b.id <= c.id)
 RETURNING e.id, e.schema_name, e.table_name, e.action, e.row_key,
 	pg_catalog.convert_to(e.old::text, $7), pg_catalog.convert_to(e.new::text, $7), e.xid::text, ` + when + `,
-	(SELECT count(*) FROM cand)`
+	(SELECT count(*) FROM cand), pg_catalog.convert_to(e.context, $7)`
 }
 
 // consume claims batches and hands their changes to the lanes until ctx
@@ -310,7 +311,7 @@ func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.D
 	var candN int64
 	for rows.Next() {
 		ev := &event{}
-		if err = rows.Scan(&ev.id, &ev.schema, &ev.table, &ev.action, &ev.rowKey, &ev.old, &ev.new, &ev.xid, &ev.commitTime, &candN); err != nil {
+		if err = rows.Scan(&ev.id, &ev.schema, &ev.table, &ev.action, &ev.rowKey, &ev.old, &ev.new, &ev.xid, &ev.commitTime, &candN, &ev.context); err != nil {
 			break
 		}
 		var badOld, badNew bool
@@ -456,6 +457,9 @@ func (s *Source) change(ev *event) *change.Change {
 	b = change.AppendNew(b)
 	b = appendJSON(b, ev.new)
 	b = change.AppendSource(b, rowjson.AppendString(nil, ev.schema), s.sourceJSON)
+	if ev.context != nil {
+		b = change.AppendField(b, "context", change.ContextJSON(ev.context))
+	}
 	b = change.AppendTail(b, 0, xid, ev.commitTime) // no LSN in trigger mode
 	return &change.Change{
 		Source: s.cfg.Name, Schema: ev.schema, Table: ev.table, Action: ev.action,

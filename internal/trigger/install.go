@@ -28,7 +28,7 @@ const (
 	Function = "capture"
 	// FunctionVersion is the version of the trigger function's body. It is
 	// kept in the function's COMMENT; an older function is replaced.
-	FunctionVersion = 2
+	FunctionVersion = 3
 
 	tagPrefix   = "pgcdc "
 	schemaTag   = "pgcdc schema: created by pgcdc, removed by its teardown"
@@ -143,8 +143,21 @@ func keyExpr(rec string, key []string) string {
 
 // functionSQL is the trigger function for tables with primary key key; see
 // the package doc for row_key.
-func functionSQL(schema string, key []string) string {
-	return `CREATE OR REPLACE FUNCTION ` + pgident.Qualified(schema, functionName(key)) + `() RETURNS trigger
+//
+// args are the trigger's arguments: the key columns, then, for a
+// partitioned table, routeMarker and the table's schema and name: its
+// partitions' changes (the trigger is cloned onto every partition, also
+// those attached later) are then reported under the partitioned table's
+// name, as the logical engine's publish_via_partition_root does. The
+// writer's context (pgcdc.SetTxContext: the transaction-local setting
+// pgcdc.context) is stored with each event.
+func functionSQL(schema string, args []string) string {
+	key, route := splitRouteArgs(args)
+	tableSchema, tableName := "TG_TABLE_SCHEMA", "TG_TABLE_NAME"
+	if route != nil {
+		tableSchema, tableName = quoteLiteral(route[0]), quoteLiteral(route[1])
+	}
+	return `CREATE OR REPLACE FUNCTION ` + pgident.Qualified(schema, functionName(args)) + `() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, public
 SET timezone = 'UTC'
@@ -171,13 +184,27 @@ BEGIN
 	ELSE
 		k := '';
 	END IF;
-	INSERT INTO ` + pgident.Qualified(schema, EventTable) + ` (schema_name, table_name, action, row_key, old, new, xid)
-	VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP,
-		pg_catalog.hashtextextended(TG_TABLE_SCHEMA || chr(31) || TG_TABLE_NAME || chr(31) || k, 0),
-		o, n, pg_catalog.pg_current_xact_id());
+	INSERT INTO ` + pgident.Qualified(schema, EventTable) + ` (schema_name, table_name, action, row_key, old, new, xid, context)
+	VALUES (` + tableSchema + `, ` + tableName + `, TG_OP,
+		pg_catalog.hashtextextended(` + tableSchema + ` || chr(31) || ` + tableName + ` || chr(31) || k, 0),
+		o, n, pg_catalog.pg_current_xact_id(),
+		NULLIF(pg_catalog.current_setting('pgcdc.context', true), ''));
 	RETURN NULL;
 END
 $pgcdc$`
+}
+
+// routeMarker separates a partitioned table's key columns from its name in
+// the trigger's arguments (see functionSQL).
+const routeMarker = "pgcdc:partitioned"
+
+// splitRouteArgs splits trigger arguments into the key columns and, for a
+// partitioned table, its schema and name.
+func splitRouteArgs(args []string) (key, route []string) {
+	if i := slices.Index(args, routeMarker); i >= 0 && len(args) == i+3 {
+		return args[:i], args[i+1:]
+	}
+	return args, nil
 }
 
 // tableSQL creates the event table. The identity has CACHE 1 so ids are
@@ -195,6 +222,7 @@ func tableSQL(schema string) string {
 	new           json,
 	xid           xid8 NOT NULL,
 	tx_time       timestamptz NOT NULL DEFAULT now(),
+	context       text,
 	claimed_until timestamptz,
 	claimed_by    text
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
@@ -208,6 +236,15 @@ type tableRef struct {
 	oid          uint32
 	key          []string // primary key columns, in key order
 	truncate     bool     // the route wants TRUNCATE events
+	partitioned  bool     // a partitioned table: its partitions report under its name
+}
+
+// args are the capture trigger's arguments (see functionSQL).
+func (r tableRef) args() []string {
+	if !r.partitioned {
+		return r.key
+	}
+	return append(slices.Clone(r.key), routeMarker, r.schema, r.name)
 }
 
 // lookupTables finds every routed table and its primary key. Missing or
@@ -239,11 +276,7 @@ func lookupTables(ctx context.Context, q querier, tables []dispatch.Table) ([]ta
 		if err != nil {
 			return nil, fmt.Errorf("looking up table %s: %w", pgident.Qualified(t.Schema, t.Table), err)
 		}
-		if kind == "p" {
-			problems = append(problems, &errs.Fatal{Err: fmt.Errorf("%w: route %q: table %s is partitioned; trigger capture reports changes under the partitions' names, so route each partition instead",
-				errs.ErrConfig, t.Route.Name, pgident.Qualified(t.Schema, t.Table))})
-			continue
-		}
+		ref.partitioned = kind == "p"
 		rows, err := q.Query(ctx, `SELECT a.attname FROM pg_catalog.pg_index i
 			CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
 			JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
@@ -256,10 +289,33 @@ func lookupTables(ctx context.Context, q querier, tables []dispatch.Table) ([]ta
 		}
 		out = append(out, ref)
 	}
+	// A partitioned table's trigger is cloned onto its partitions: routing
+	// one of them too would capture its changes twice.
+	for _, r := range out {
+		var parent *string
+		err := q.QueryRow(ctx, `SELECT (SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_partition_ancestors($1) a
+				JOIN pg_catalog.pg_class c ON c.oid = a.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+				WHERE a.relid <> $1 AND a.relid = ANY ($2) LIMIT 1)`, r.oid, oids(out)).Scan(&parent)
+		if err != nil {
+			return nil, fmt.Errorf("looking up partitions of %s: %w", pgident.Qualified(r.schema, r.name), err)
+		}
+		if parent != nil {
+			problems = append(problems, &errs.Fatal{Err: fmt.Errorf("%w: %s is a partition of %s and both are routed: the changes of a partition are delivered to its partitioned table's route; route only one of them",
+				errs.ErrConfig, pgident.Qualified(r.schema, r.name), *parent)})
+		}
+	}
 	if err := errors.Join(problems...); err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+func oids(refs []tableRef) []uint32 {
+	out := make([]uint32, len(refs))
+	for i, r := range refs {
+		out[i] = r.oid
+	}
+	return out
 }
 
 type querier interface {
@@ -385,9 +441,30 @@ func installObjects(ctx context.Context, tx pgx.Tx, schema string) error {
 		if _, err := tx.Conn().PgConn().Exec(ctx, tableSQL(schema)).ReadAll(); err != nil {
 			return fmt.Errorf("install: creating event table %s: %w", pgident.Qualified(schema, EventTable), err)
 		}
+	} else if err := addContextColumn(ctx, tx, schema); err != nil {
+		return err
 	}
 	if fnComment == nil || *fnComment != fmt.Sprintf(functionTag, FunctionVersion) {
 		return createFunction(ctx, tx, schema, nil)
+	}
+	return nil
+}
+
+// addContextColumn adds the writer-context column to an event table made
+// before function version 3.
+func addContextColumn(ctx context.Context, tx pgx.Tx, schema string) error {
+	var has bool
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+		WHERE attrelid = to_regclass($1) AND attname = 'context' AND NOT attisdropped)`,
+		pgident.Qualified(schema, EventTable)).Scan(&has)
+	if err != nil {
+		return fmt.Errorf("install: reading the catalog: %w", err)
+	}
+	if has {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `ALTER TABLE `+pgident.Qualified(schema, EventTable)+` ADD COLUMN context text`); err != nil {
+		return fmt.Errorf("install: adding the context column to %s: %w", pgident.Qualified(schema, EventTable), err)
 	}
 	return nil
 }
@@ -446,10 +523,10 @@ func dropUnusedFunctions(ctx context.Context, tx pgx.Tx, schema string) error {
 // (dropped when it no longer does). Only triggers with our names on this
 // very table are looked at; other triggers on the table are left alone.
 func installTriggers(ctx context.Context, tx pgx.Tx, schema string, r tableRef) error {
-	if err := ensureFunction(ctx, tx, schema, r.key); err != nil {
+	if err := ensureFunction(ctx, tx, schema, r.args()); err != nil {
 		return err
 	}
-	if err := ensureTrigger(ctx, tx, schema, r, TriggerName(schema), true, captureTgtype, r.key, "INSERT OR UPDATE OR DELETE", "ROW"); err != nil {
+	if err := ensureTrigger(ctx, tx, schema, r, TriggerName(schema), true, captureTgtype, r.args(), "INSERT OR UPDATE OR DELETE", "ROW"); err != nil {
 		return err
 	}
 	return ensureTrigger(ctx, tx, schema, r, truncateTriggerName(schema), r.truncate, truncateTgtype, nil, "TRUNCATE", "STATEMENT")
