@@ -116,7 +116,8 @@ func (e *EventContext) Message() []byte { return e.c.Message }
 // Key is the event_id.
 func (e *EventContext) Key() string { return e.c.EventID }
 
-// Header holds metadata: source_name, schema, table, action, lsn, xid, and
+// Header holds metadata: source_name, schema, table, action, xid, lsn (in
+// the logical capture mode), and
 // context when the writer set one (SetTxContext).
 func (e *EventContext) Header() map[string]string {
 	if e.header == nil {
@@ -125,8 +126,10 @@ func (e *EventContext) Header() map[string]string {
 			"schema":      e.c.Schema,
 			"table":       e.c.Table,
 			"action":      e.c.Action,
-			"lsn":         lsnString(e.c.LSN),
 			"xid":         strconv.FormatUint(uint64(e.c.XID), 10),
+		}
+		if e.c.LSN != 0 { // the trigger engine has no LSN
+			e.header["lsn"] = lsnString(e.c.LSN)
 		}
 		if bytes.Contains(e.c.Message, []byte(`,"context":`)) {
 			if ev := e.Event(); ev != nil && len(ev.Context) > 0 {
