@@ -266,9 +266,13 @@ func TestTriggerWorkerTypesEachGetEverything(t *testing.T) {
 	}
 	exec(t, dsn, `INSERT INTO t SELECT generate_series(1, 1000)`)
 	search.waitCount(t, 1000)
-	billing.waitFor(t, 60*time.Second, "1000 billing events", func([]pgcdc.EventPayload) bool {
-		return len(billing.snapshot())+len(billing2.snapshot()) >= 1000
-	})
+	// Two recorders (each signals only its own waiters): poll both.
+	for deadline := time.Now().Add(60 * time.Second); len(billing.snapshot())+len(billing2.snapshot()) < 1000; {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for 1000 billing events; got %d + %d", len(billing.snapshot()), len(billing2.snapshot()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	ids := func(recs ...*recorder) map[string]int {
 		out := map[string]int{}
 		for _, r := range recs {
