@@ -157,41 +157,14 @@ func functionSQL(schema string, args []string) string {
 	if route != nil {
 		tableSchema, tableName = quoteLiteral(route[0]), quoteLiteral(route[1])
 	}
-	return `CREATE OR REPLACE FUNCTION ` + pgident.Qualified(schema, functionName(args)) + `() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, public
-SET timezone = 'UTC'
-SET datestyle = 'ISO'
-SET intervalstyle = 'postgres'
-SET extra_float_digits = 1
-SET bytea_output = 'hex'
-AS $pgcdc$
-DECLARE
-	o json;
-	n json;
-	k text;
-BEGIN
-	IF TG_OP = 'DELETE' THEN
-		o := pg_catalog.row_to_json(OLD);
-		k := ` + keyExpr("OLD", key) + `;
-	ELSIF TG_OP = 'UPDATE' THEN
-		o := pg_catalog.row_to_json(OLD);
-		n := pg_catalog.row_to_json(NEW);
-		k := ` + keyExpr("NEW", key) + `;
-	ELSIF TG_OP = 'INSERT' THEN
-		n := pg_catalog.row_to_json(NEW);
-		k := ` + keyExpr("NEW", key) + `;
-	ELSE
-		k := '';
-	END IF;
-	INSERT INTO ` + pgident.Qualified(schema, EventTable) + ` (schema_name, table_name, action, row_key, old, new, xid, context)
-	VALUES (` + tableSchema + `, ` + tableName + `, TG_OP,
-		pg_catalog.hashtextextended(` + tableSchema + ` || chr(31) || ` + tableName + ` || chr(31) || k, 0),
-		o, n, pg_catalog.pg_current_xact_id(),
-		NULLIF(pg_catalog.current_setting('pgcdc.context', true), ''));
-	RETURN NULL;
-END
-$pgcdc$`
+	return render(functionTmpl, map[string]string{
+		"Function":    pgident.Qualified(schema, functionName(args)),
+		"EventTable":  pgident.Qualified(schema, EventTable),
+		"OldKey":      keyExpr("OLD", key),
+		"NewKey":      keyExpr("NEW", key),
+		"TableSchema": tableSchema,
+		"TableName":   tableName,
+	})
 }
 
 // routeMarker separates a partitioned table's key columns from its name in
@@ -211,23 +184,10 @@ func splitRouteArgs(args []string) (key, route []string) {
 // handed out in time order across sessions (the order argument of the
 // package doc depends on it).
 func tableSQL(schema string) string {
-	t := pgident.Qualified(schema, EventTable)
-	return `CREATE TABLE IF NOT EXISTS ` + t + ` (
-	id            bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
-	schema_name   text NOT NULL,
-	table_name    text NOT NULL,
-	action        text NOT NULL,
-	row_key       bigint NOT NULL,
-	old           json,
-	new           json,
-	xid           xid8 NOT NULL,
-	tx_time       timestamptz NOT NULL DEFAULT now(),
-	context       text,
-	claimed_until timestamptz,
-	claimed_by    text
-) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
-	autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 1000);
-COMMENT ON TABLE ` + t + ` IS ` + quoteLiteral(tableTag)
+	return render(tableTmpl, map[string]string{
+		"EventTable": pgident.Qualified(schema, EventTable),
+		"Tag":        quoteLiteral(tableTag),
+	})
 }
 
 // tableRef is a routed table as found in the catalog.

@@ -105,3 +105,17 @@ func TestConnectionFailuresAreRetried(t *testing.T) {
 		t.Errorf("Run after stop = %v, want nil", err)
 	}
 }
+
+// Every SQL template renders with the fields the package gives it.
+func TestSQLTemplatesRender(t *testing.T) {
+	for name, sql := range map[string]string{
+		"function":                        functionSQL("pgcdc", []string{"id"}),
+		"function of a partitioned table": functionSQL("pgcdc", []string{"id", routeMarker, "public", "meas"}),
+		"table":                           tableSQL("pgcdc"),
+		"claim":                           (&Source{cfg: Config{Schema: "pgcdc"}}).claimSQL(),
+	} {
+		if strings.Contains(sql, "{{") || strings.Contains(sql, "<no value>") || len(sql) < 100 {
+			t.Errorf("%s: %q", name, sql)
+		}
+	}
+}
