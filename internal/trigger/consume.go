@@ -203,9 +203,8 @@ func (s *Source) claimSQL() string {
 // consume claims batches and hands their changes to the lanes until ctx
 // ends or an error.
 func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher) error {
-	sql := s.claimSQL()
-	schemas, names := s.tableArrays()
-	timeoutMs := s.cfg.ClaimTimeout.Milliseconds()
+	q := claimQuery{sql: s.claimSQL(), timeoutMs: s.cfg.ClaimTimeout.Milliseconds()}
+	q.schemas, q.names = s.tableArrays()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -222,7 +221,7 @@ func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch
 				return nil
 			}
 		}
-		more, err := s.claim(ctx, pool, disp, sql, schemas, names, limit, timeoutMs)
+		more, err := s.claim(ctx, pool, disp, q, limit)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -244,15 +243,23 @@ func (s *Source) consume(ctx context.Context, pool *pgxpool.Pool, disp *dispatch
 	}
 }
 
-// claim claims one batch and dispatches it. It reports whether more events
-// are probably waiting: some were claimed and the candidate scan was full.
-func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher, sql string, schemas, names []string, limit int, timeoutMs int64) (bool, error) {
+// claimQuery is the claim statement and its fixed arguments.
+type claimQuery struct {
+	sql            string
+	schemas, names []string // the routed tables
+	timeoutMs      int64    // how long a claim holds
+}
+
+// claim claims one batch of at most limit events and dispatches it. It
+// reports whether more events are probably waiting: some were claimed and
+// the candidate scan was full.
+func (s *Source) claim(ctx context.Context, pool *pgxpool.Pool, disp *dispatch.Dispatcher, q claimQuery, limit int) (bool, error) {
 	// The claim commits when the statement ends, so it is not cancelled
 	// with ctx: every claimed row is read and tracked, and released when
 	// the session ends, instead of staying claimed until it expires.
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimQueryTimeout)
 	defer cancel()
-	rows, err := pool.Query(qctx, sql, schemas, names, limit, s.claimer, timeoutMs, claimBytes, s.readEncoding)
+	rows, err := pool.Query(qctx, q.sql, q.schemas, q.names, limit, s.claimer, q.timeoutMs, claimBytes, s.readEncoding)
 	if err != nil {
 		return false, fmt.Errorf("source %s: claiming events: %w", s.label, err)
 	}

@@ -486,17 +486,30 @@ func installTriggers(ctx context.Context, tx pgx.Tx, schema string, r tableRef) 
 	if err := ensureFunction(ctx, tx, schema, r.args()); err != nil {
 		return err
 	}
-	if err := ensureTrigger(ctx, tx, schema, r, TriggerName(schema), true, captureTgtype, r.args(), "INSERT OR UPDATE OR DELETE", "ROW"); err != nil {
+	capture := triggerSpec{name: TriggerName(schema), want: true, tgtype: captureTgtype, args: r.args(), events: "INSERT OR UPDATE OR DELETE", level: "ROW"}
+	if err := ensureTrigger(ctx, tx, schema, r, capture); err != nil {
 		return err
 	}
-	return ensureTrigger(ctx, tx, schema, r, truncateTriggerName(schema), r.truncate, truncateTgtype, nil, "TRUNCATE", "STATEMENT")
+	truncate := triggerSpec{name: truncateTriggerName(schema), want: r.truncate, tgtype: truncateTgtype, events: "TRUNCATE", level: "STATEMENT"}
+	return ensureTrigger(ctx, tx, schema, r, truncate)
+}
+
+// triggerSpec is one of pgcdc's triggers on a table.
+type triggerSpec struct {
+	name   string
+	want   bool     // the trigger should exist (else it is dropped)
+	tgtype int      // pg_trigger.tgtype it must have
+	args   []string // its arguments: the key columns (see functionSQL)
+	events string   // "INSERT OR UPDATE OR DELETE", "TRUNCATE"
+	level  string   // "ROW", "STATEMENT"
 }
 
 // ensureTrigger makes the trigger name on r call the function of args (the
 // key columns, also given as trigger arguments) when want, and drops it
 // when not. A trigger with that name that calls no pgcdc function of the
 // schema is someone else's: an error when want, left alone otherwise.
-func ensureTrigger(ctx context.Context, tx pgx.Tx, schema string, r tableRef, name string, want bool, tgtype int, args []string, events, level string) error {
+func ensureTrigger(ctx context.Context, tx pgx.Tx, schema string, r tableRef, spec triggerSpec) error {
+	name, want, tgtype, args, events, level := spec.name, spec.want, spec.tgtype, spec.args, spec.events, spec.level
 	table := pgident.Qualified(r.schema, r.name)
 	fn := pgident.Qualified(schema, functionName(args))
 	var ours, current bool
