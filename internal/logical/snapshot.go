@@ -184,7 +184,10 @@ func (s *Source) runSnapshots(ctx context.Context, pool *pgxpool.Pool) {
 			defer wg.Done()
 			err := s.snapshot(ctx, pool, r.req)
 			if err != nil && ctx.Err() == nil {
-				s.cfg.Logger.Error("pgcdc: snapshot failed", "source", s.cfg.Name, "table", r.req.Schema+"."+r.req.Table, "error", err)
+				s.cfg.Logger.Error("pgcdc: snapshot failed; the stream goes on without it", "source", s.cfg.Name, "table", r.req.Schema+"."+r.req.Table, "error", err)
+				if s.cfg.OnError != nil {
+					s.cfg.OnError(err)
+				}
 			}
 			if r.done != nil {
 				r.done <- err
