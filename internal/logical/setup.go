@@ -134,6 +134,10 @@ func (s *Source) check(ctx context.Context, pool *pgxpool.Pool) error {
 			problems = append(problems, fatalf(errs.ErrNoReplicaIdentity, "source %s: table %s has no primary key and no replica identity, so PostgreSQL would reject its UPDATEs and DELETEs once it is published: add a primary key or run ALTER TABLE %s REPLICA IDENTITY FULL", s.label(), qname, qname))
 			continue
 		}
+		if t.Snapshot && !ti.hasPK {
+			problems = append(problems, fatalf(errs.ErrConfig, "source %s: route %q asks for a snapshot, but %s has no primary key: snapshots read tables in primary key order, in chunks; add a primary key or drop WithSnapshot", s.label(), t.Route.Name, qname))
+			continue
+		}
 		if t.NeedOld && ti.identity != 'f' {
 			problems = append(problems, fatalf(errs.ErrConfig, "source %s: route %q filters UPDATEs by changed columns (WithChangedColumns), which needs the old row: run ALTER TABLE %s REPLICA IDENTITY FULL", s.label(), t.Route.Name, qname))
 			continue
