@@ -141,32 +141,13 @@ func checkSource(ctx context.Context, c *checker, cfg *Config, name string) {
 		}
 	}
 
-	tables, order, err := resolveTables(ctx, cfg, name)
+	tables, order, empty, err := resolveTables(ctx, cfg, name)
 	if err != nil {
 		c.fail("", "%v", err)
 		return
 	}
-	for i, r := range cfg.Routes {
-		if r.Source != name {
-			continue
-		}
-		for j, pat := range r.Tables {
-			if _, t := splitTable(pat); t != "*" {
-				continue
-			}
-			n := 0
-			for _, rs := range tables {
-				for _, x := range rs {
-					if x.index == i {
-						n++
-						break
-					}
-				}
-			}
-			if n == 0 {
-				c.fail("create tables in that schema or correct the pattern", "routes[%d].tables[%d] %q matches no table", i, j, pat)
-			}
-		}
+	for _, e := range empty {
+		c.fail("create tables in that schema or correct the pattern", "%s matches no table", e)
 	}
 	needFull := map[string]bool{}
 	for t, rs := range tables {
@@ -178,7 +159,7 @@ func checkSource(ctx context.Context, c *checker, cfg *Config, name string) {
 	}
 	for _, t := range order {
 		schema, table := splitTable(t)
-		q := pgident.Qualified(schema, table)
+		q, show := pgident.Qualified(schema, table), schema+"."+table
 		var ident string
 		var hasKey, owner, canTrigger bool
 		err := conn.QueryRow(ctx, `SELECT c.relreplident::text,
@@ -187,38 +168,38 @@ func checkSource(ctx context.Context, c *checker, cfg *Config, name string) {
 			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
 			schema, table).Scan(&ident, &hasKey, &owner, &canTrigger)
 		if errors.Is(err, pgx.ErrNoRows) {
-			c.fail("create the table, or correct the route (names are case-sensitive, without quotes)", "table %s does not exist", q)
+			c.fail("create the table, or correct the route (names are case-sensitive, without quotes)", "table %s does not exist", show)
 			continue
 		}
 		if err != nil {
-			c.fail("", "table %s: %v", q, err)
+			c.fail("", "table %s: %v", show, err)
 			continue
 		}
 		switch {
 		case engine == "trigger":
 			if canTrigger || owner {
-				c.ok("table %s: triggers can be created", q)
+				c.ok("table %s: triggers can be created", show)
 			} else {
-				c.fail(fmt.Sprintf("GRANT TRIGGER ON %s TO %s;", q, pgident.Quote(user)), "table %s: role %s may not create triggers on it", q, user)
+				c.fail(fmt.Sprintf("GRANT TRIGGER ON %s TO %s;", q, pgident.Quote(user)), "table %s: role %s may not create triggers on it", show, user)
 			}
 		case ident == "n" || (ident == "d" && !hasKey):
 			c.fail(fmt.Sprintf("ALTER TABLE %s ADD PRIMARY KEY (...); or ALTER TABLE %s REPLICA IDENTITY FULL;", q, q),
-				"table %s has no replica identity: PostgreSQL would refuse its UPDATEs and DELETEs once published", q)
+				"table %s has no replica identity: PostgreSQL would refuse its UPDATEs and DELETEs once published", show)
 		default:
-			c.ok("table %s: replica identity %s", q, map[string]string{"d": "default (primary key)", "f": "full", "i": "index"}[ident])
+			c.ok("table %s: replica identity %s", show, map[string]string{"d": "default (primary key)", "f": "full", "i": "index"}[ident])
 		}
 		if engine == "logical" && !owner && !super {
 			c.fail(fmt.Sprintf("ALTER TABLE %s OWNER TO %s; or have the owner create the publication %s", q, pgident.Quote(user), slot),
-				"table %s: role %s does not own it, so it cannot add it to the publication", q, user)
+				"table %s: role %s does not own it, so it cannot add it to the publication", show, user)
 		}
 		if engine == "logical" && needFull[t] && ident != "f" {
-			c.warn(fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", q), "table %s: changed_columns needs the old row; without REPLICA IDENTITY FULL every UPDATE passes the filter", q)
+			c.warn(fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", q), "table %s: changed_columns needs the old row; without REPLICA IDENTITY FULL every UPDATE passes the filter", show)
 		}
 	}
 
 	if sc.DeadLetters.Enabled == nil || *sc.DeadLetters.Enabled {
 		schema, table := deadLetterTable(sc)
-		q := pgident.Qualified(schema, table)
+		q, show := pgident.Qualified(schema, table), schema+"."+table
 		var exists, canCreate, canWrite bool
 		err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL,
 			CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $2) THEN has_schema_privilege($2, 'CREATE')
@@ -227,16 +208,16 @@ func checkSource(ctx context.Context, c *checker, cfg *Config, name string) {
 			q, schema).Scan(&exists, &canCreate, &canWrite)
 		switch {
 		case err != nil:
-			c.fail("", "dead-letter table %s: %v", q, err)
+			c.fail("", "dead-letter table %s: %v", show, err)
 		case exists && canWrite:
-			c.ok("dead-letter table %s is writable", q)
+			c.ok("dead-letter table %s is writable", show)
 		case exists:
-			c.fail(fmt.Sprintf("GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s;", q, pgident.Quote(user)), "dead-letter table %s: role %s may not write it", q, user)
+			c.fail(fmt.Sprintf("GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s;", q, pgident.Quote(user)), "dead-letter table %s: role %s may not write it", show, user)
 		case canCreate:
-			c.ok("dead-letter table %s can be created", q)
+			c.ok("dead-letter table %s can be created", show)
 		default:
 			c.fail(fmt.Sprintf("GRANT CREATE ON SCHEMA %s TO %s; or set sources.%s.dead_letters.table to a schema it may create in", pgident.Quote(schema), pgident.Quote(user), name),
-				"dead-letter table %s does not exist and role %s may not create it", q, user)
+				"dead-letter table %s does not exist and role %s may not create it", show, user)
 		}
 	}
 	if engine == "trigger" {

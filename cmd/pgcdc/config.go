@@ -37,14 +37,14 @@ type Config struct {
 
 // SourceConfig is one database to capture.
 type SourceConfig struct {
-	DSN           string            `yaml:"dsn"`
-	Capture       string            `yaml:"capture"`        // logical (default) | trigger | auto
-	WorkerType    string            `yaml:"worker_type"`    // part of the slot and publication names
-	MaxGoroutines int               `yaml:"max_goroutines"` // concurrent deliveries per table (per-row order is kept)
-	TriggerSchema string            `yaml:"trigger_schema"` // schema of the trigger engine (default pgcdc)
-	Retries       RetryConfig       `yaml:"retries"`
-	DeadLetters   DeadLetterConfig  `yaml:"dead_letters"`
-	Reconnect     BackoffConfig     `yaml:"reconnect"`
+	DSN           string           `yaml:"dsn"`
+	Capture       string           `yaml:"capture"`        // logical (default) | trigger | auto
+	WorkerType    string           `yaml:"worker_type"`    // part of the slot and publication names
+	MaxGoroutines int              `yaml:"max_goroutines"` // concurrent deliveries per table (per-row order is kept)
+	TriggerSchema string           `yaml:"trigger_schema"` // schema of the trigger engine (default pgcdc)
+	Retries       RetryConfig      `yaml:"retries"`
+	DeadLetters   DeadLetterConfig `yaml:"dead_letters"`
+	Reconnect     BackoffConfig    `yaml:"reconnect"`
 }
 
 // RetryConfig says how a failed delivery is retried before it is

@@ -105,11 +105,11 @@ func rulesOf(cfg *Config, source string) []*rule {
 // tables ("schema.table") and the rules of each. Patterns ("schema.*") are
 // matched against the catalog, so they need a connection; the dead-letter
 // table and the trigger engine's schema never match one.
-func resolveTables(ctx context.Context, cfg *Config, source string) (map[string][]*rule, []string, error) {
+// empty lists the patterns that matched no table ("routes[0].tables[1] \"sales.*\"").
+func resolveTables(ctx context.Context, cfg *Config, source string) (tables map[string][]*rule, order, empty []string, err error) {
 	sc := cfg.Sources[source]
 	rules := rulesOf(cfg, source)
-	tables := map[string][]*rule{}
-	var order []string
+	tables = map[string][]*rule{}
 	add := func(t string, r *rule) {
 		if _, ok := tables[t]; !ok {
 			order = append(order, t)
@@ -130,36 +130,40 @@ func resolveTables(ctx context.Context, cfg *Config, source string) (map[string]
 		trigSchema = "pgcdc"
 	}
 	for _, r := range rules {
-		for _, pat := range cfg.Routes[r.index].Tables {
+		for j, pat := range cfg.Routes[r.index].Tables {
 			schema, name := splitTable(pat)
 			if name != "*" {
 				add(schema+"."+name, r)
 				continue
 			}
 			if conn == nil {
-				var err error
 				if conn, err = pgx.Connect(ctx, sc.DSN); err != nil {
-					return nil, nil, fmt.Errorf("source %q: connecting to expand %q: %w", source, pat, redactDSN(err))
+					return nil, nil, nil, fmt.Errorf("source %q: connecting to expand %q: %w", source, pat, redactDSN(err))
 				}
 			}
 			rows, err := conn.Query(ctx, `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 				WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname`, schema)
 			if err != nil {
-				return nil, nil, fmt.Errorf("source %q: listing the tables of schema %q: %w", source, schema, err)
+				return nil, nil, nil, fmt.Errorf("source %q: listing the tables of schema %q: %w", source, schema, err)
 			}
 			names, err := pgx.CollectRows(rows, pgx.RowTo[string])
 			if err != nil {
-				return nil, nil, fmt.Errorf("source %q: listing the tables of schema %q: %w", source, schema, err)
+				return nil, nil, nil, fmt.Errorf("source %q: listing the tables of schema %q: %w", source, schema, err)
 			}
+			matched := 0
 			for _, n := range names {
 				if (schema == dlSchema && n == dlTable) || schema == trigSchema {
 					continue
 				}
 				add(schema+"."+n, r)
+				matched++
+			}
+			if matched == 0 {
+				empty = append(empty, fmt.Sprintf("routes[%d].tables[%d] %q", r.index, j, pat))
 			}
 		}
 	}
-	return tables, order, nil
+	return tables, order, empty, nil
 }
 
 func containsRule(rs []*rule, r *rule) bool {
@@ -222,9 +226,12 @@ func (d *daemon) closeSinks() {
 // table.
 func (d *daemon) buildWorker(ctx context.Context, name string, hooks ...any) (*pgcdc.Worker, error) {
 	sc := d.cfg.Sources[name]
-	tables, order, err := resolveTables(ctx, d.cfg, name)
+	tables, order, empty, err := resolveTables(ctx, d.cfg, name)
 	if err != nil {
 		return nil, err
+	}
+	for _, e := range empty {
+		d.logger.Warn("pgcdc: a table pattern matches no table (tables created later are not captured before a restart)", "source", name, "pattern", e)
 	}
 	if len(order) == 0 {
 		return nil, fmt.Errorf("source %q: the routes match no table", name)

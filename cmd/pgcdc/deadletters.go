@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -32,6 +33,10 @@ webhook answering 400); they wait in each source's dead-letter table.
 --source limits to one source of the file, --table to one table ("orders" or
 "sales.orders").
 `
+
+// handlerPrefix is the library's "which handler, which event" part of a
+// dead letter's error, left out of the list's short error column.
+var handlerPrefix = regexp.MustCompile(`^pgcdc: handler for route .* failed on event [0-9a-f]+: `)
 
 // deadLetterRow is one row of a dead-letter table.
 type deadLetterRow struct {
@@ -187,7 +192,7 @@ func listDeadLetters(ctx context.Context, env *cliEnv, cfg *Config, sources []st
 				}
 				continue
 			}
-			msg := strings.ReplaceAll(r.Error, "\n", " ")
+			msg := handlerPrefix.ReplaceAllString(strings.ReplaceAll(r.Error, "\n", " "), "")
 			if len(msg) > 120 {
 				msg = msg[:117] + "..."
 			}
@@ -217,7 +222,7 @@ func redeliverDeadLetters(ctx context.Context, env *cliEnv, cfg *Config, sources
 	delivered, failed := 0, 0
 	for _, name := range sources {
 		sc := cfg.Sources[name]
-		tables, _, err := resolveTables(ctx, cfg, name)
+		tables, _, _, err := resolveTables(ctx, cfg, name)
 		if err != nil {
 			return err
 		}

@@ -260,3 +260,9 @@ func httpGet(t *testing.T, url string) (int, string) {
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
 }
+
+func pgxConnect(dsn string) (*pgx.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return pgx.Connect(ctx, dsn)
+}

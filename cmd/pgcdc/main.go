@@ -74,7 +74,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		switch rest[0] {
 		case "run", "validate", "check", "status", "dead-letters", "teardown":
-			return exitCode(stderr, rest[0], commands[rest[0]](ctx, []string{"--help"}, env))
+			helpEnv := *env
+			helpEnv.stderr = stdout // asked for: the help goes to stdout
+			return exitCode(stderr, rest[0], commands[rest[0]](ctx, []string{"--help"}, &helpEnv))
 		case "demo":
 			var cfg demoConfig
 			fs := newDemoFlags(&cfg, stdout)

@@ -149,7 +149,7 @@ func (d *daemon) httpHandler() http.Handler {
 // cmdStatus prints the status: the running daemon's (from its /status)
 // when http.listen is set and it answers, else what the databases say.
 func cmdStatus(ctx context.Context, args []string, env *cliEnv) error {
-	fs, path := commandFlags("status", "Usage: pgcdc status -c FILE [--json]\n\nPrints per source: engine, state, slot, confirmed LSN, lag (bytes and seconds),\nwal_status, dead letters waiting and the trigger backlog. It asks the running\ndaemon (http.listen) and falls back to reading the databases.\n", env.stdout)
+	fs, path := commandFlags("status", "Usage: pgcdc status -c FILE [--json]\n\nPrints per source: engine, state, slot, confirmed LSN, lag (bytes and seconds),\nwal_status, dead letters waiting and the trigger backlog. It asks the running\ndaemon (http.listen) and falls back to reading the databases.\n", env.stderr)
 	asJSON := fs.Bool("json", false, "print JSON (the document of the daemon's /status)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
