@@ -87,6 +87,11 @@ type RouteConfig struct {
 type SinkConfig struct {
 	Type     string
 	Settings any // the type's decoded configuration
+	// BatchSize > 1 groups concurrent deliveries into batches of up to this
+	// many events (a webhook then POSTs a JSON array); BatchLinger is how
+	// long the first event of a batch waits for others (default 5ms).
+	BatchSize   int
+	BatchLinger Duration
 }
 
 // HTTPConfig is the observability endpoint.
@@ -376,11 +381,19 @@ func (d *decoder) decodeSink(n *yaml.Node, sc *SinkConfig, path string) {
 	}
 	rest := &yaml.Node{Kind: yaml.MappingNode, Line: n.Line, Column: n.Column}
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		if n.Content[i].Value == "type" {
-			sc.Type = n.Content[i+1].Value
-			continue
+		switch key, val := n.Content[i].Value, n.Content[i+1]; key {
+		case "type":
+			sc.Type = val.Value
+		case "batch_size":
+			d.decode(val, reflect.ValueOf(&sc.BatchSize).Elem(), join(path, key))
+			if sc.BatchSize < 0 {
+				d.bad(join(path, key), val.Line, "must not be negative")
+			}
+		case "batch_linger":
+			d.decode(val, reflect.ValueOf(&sc.BatchLinger).Elem(), join(path, key))
+		default:
+			rest.Content = append(rest.Content, n.Content[i], val)
 		}
-		rest.Content = append(rest.Content, n.Content[i], n.Content[i+1])
 	}
 	if sc.Type == "" {
 		d.bad(join(path, "type"), n.Line, "missing: give the sink's type (%s)", strings.Join(d.reg.names(), ", "))

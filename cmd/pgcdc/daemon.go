@@ -207,6 +207,9 @@ func (d *daemon) openSinks(ctx context.Context) error {
 			d.closeSinks()
 			return fmt.Errorf("sink %q: %w", name, err)
 		}
+		if sc.BatchSize > 1 {
+			s = sink.NewBatcher(s, sc.BatchSize, sc.BatchLinger.D())
+		}
 		d.sinks[name] = s
 	}
 	return nil

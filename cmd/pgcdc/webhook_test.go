@@ -335,3 +335,81 @@ next:
 	}
 	return -1
 }
+
+// TestTriggerCaptureBatchedWebhook: the trigger engine through the daemon,
+// with a batching webhook: every row arrives, in JSON arrays, and the
+// status shows the engine and an empty backlog.
+func TestTriggerCaptureBatchedWebhook(t *testing.T) {
+	dsn := newDB(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE items (id int PRIMARY KEY)`)
+	var mu sync.Mutex
+	ids := map[float64]bool{}
+	arrays := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var evs []event
+		if err := json.Unmarshal(body, &evs); err != nil {
+			var e event
+			if err := json.Unmarshal(body, &e); err != nil {
+				http.Error(w, "bad body", http.StatusBadRequest)
+				return
+			}
+			evs = []event{e}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(evs) > 1 {
+			arrays++
+		}
+		for _, e := range evs {
+			ids[e.Data.New["id"].(float64)] = true
+		}
+	}))
+	defer srv.Close()
+	addr := freeAddr(t)
+	cfg := writeConfig(t, `
+sources:
+  main: {dsn: "${TEST_DSN}", capture: trigger, max_goroutines: 8}
+routes:
+  - {tables: [items], sinks: [hook]}
+sinks:
+  hook: {type: webhook, url: "`+srv.URL+`", batch_size: 10, batch_linger: 20ms}
+http: {listen: "`+addr+`"}
+`)
+	env := []string{"TEST_DSN=" + dsn}
+	p := start(t, env, "run", "-c", cfg)
+	waitFor(t, time.Minute, "ready", func() bool {
+		code, _ := httpGetMaybe("http://" + addr + "/readyz")
+		return code == 200
+	})
+	pgtest.Exec(t, dsn, `INSERT INTO items SELECT generate_series(1, 200)`)
+	waitFor(t, time.Minute, "200 rows delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(ids) == 200
+	})
+	mu.Lock()
+	if arrays == 0 {
+		t.Error("no request carried a batch")
+	}
+	mu.Unlock()
+	waitFor(t, 30*time.Second, "an empty backlog", func() bool {
+		_, body := httpGet(t, "http://"+addr+"/status")
+		var doc statusDoc
+		return json.Unmarshal([]byte(body), &doc) == nil && len(doc.Sources) == 1 && doc.Sources[0].Engine == "trigger" &&
+			doc.Sources[0].Backlog == 0 && doc.Sources[0].EventsHandled >= 200 && doc.Sources[0].TriggerSchema == "pgcdc"
+	})
+	if code := p.stop(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// httpGetMaybe is httpGet that reports a connection error as status 0.
+func httpGetMaybe(url string) (int, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
