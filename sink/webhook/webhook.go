@@ -138,7 +138,12 @@ func New(cfg Config, opts ...Option) (*Sink, error) {
 		o(s)
 	}
 	if s.client == nil {
-		s.client = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		// Deliveries run concurrently (one per lane): keep a connection
+		// per lane instead of the default 2, or every request past the
+		// second opens a new one.
+		t.MaxIdleConns, t.MaxIdleConnsPerHost = 256, 256
+		s.client = &http.Client{Transport: t}
 	}
 	return s, nil
 }
