@@ -241,3 +241,35 @@ sinks:
 		t.Errorf("file sink: %v", err)
 	}
 }
+
+// TestRunFatalErrors: errors that retrying cannot fix end pgcdc run with
+// exit status 1 and the error on stderr.
+func TestRunFatalErrors(t *testing.T) {
+	dsn := newDB(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE items (id int PRIMARY KEY)`)
+	for _, c := range []struct{ name, text, want string }{
+		{"missing table", `
+sources: {main: {dsn: "${TEST_DSN}"}}
+routes: [{tables: [nope], sinks: [o]}]
+sinks: {o: {type: stdout}}
+`, `"public"."nope" does not exist`},
+		{"pattern matches nothing", `
+sources: {main: {dsn: "${TEST_DSN}"}}
+routes: [{tables: ["nothing_here.*"], sinks: [o]}]
+sinks: {o: {type: stdout}}
+`, `source "main": the routes match no table`},
+		{"bad file sink", `
+sources: {main: {dsn: "${TEST_DSN}"}}
+routes: [{tables: [items], sinks: [f]}]
+sinks: {f: {type: file, path: /nonexistent-dir/x.jsonl}}
+`, `sink "f": file sink: open /nonexistent-dir/x.jsonl: no such file or directory`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := writeConfig(t, c.text)
+			p := start(t, []string{"TEST_DSN=" + dsn}, "run", "-c", cfg)
+			if code := p.wait(t, time.Minute); code != 1 || !strings.Contains(p.stderr.String(), c.want) {
+				t.Errorf("exit %d, stderr lacks %q:\n%s", code, c.want, p.stderr.String())
+			}
+		})
+	}
+}

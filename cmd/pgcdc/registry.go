@@ -52,7 +52,7 @@ func (r registry) names() []string {
 // typed makes a registry entry of a constructor taking the type's Config
 // struct: broker sinks plug in with one line each, e.g.
 //
-//	"nats": typed(func(ctx context.Context, c nats.Config, _ sinkEnv) (sink.Sink, error) { return nats.New(ctx, c) }),
+//	"nats": typed(func(ctx context.Context, c nats.Config, _ sinkEnv) (*nats.Sink, error) { return nats.New(ctx, c) }),
 func typed[C any, S sink.Sink](open func(ctx context.Context, cfg C, env sinkEnv) (S, error)) sinkType {
 	return sinkType{
 		config: reflect.TypeFor[C](),
