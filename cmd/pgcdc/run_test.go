@@ -205,3 +205,54 @@ shutdown_grace: 20s
 		t.Errorf("no stop log line on stderr: %s", p.stderr.String())
 	}
 }
+
+// TestStandbyInstanceIsReady: a second daemon on the same configuration
+// stands by (ready, not up) while the first streams, and takes over when
+// the first stops, delivering what was written meanwhile.
+func TestStandbyInstanceIsReady(t *testing.T) {
+	dsn := newDB(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE items (id int PRIMARY KEY)`)
+	out := filepath.Join(t.TempDir(), "events.jsonl")
+	config := func(addr string) string {
+		return writeConfig(t, `
+sources:
+  main: {dsn: "${TEST_DSN}", reconnect: {min: 100ms, max: 200ms}}
+routes: [{tables: [items], sinks: [f]}]
+sinks: {f: {type: file, path: `+out+`}}
+http: {listen: "`+addr+`"}
+`)
+	}
+	env := []string{"TEST_DSN=" + dsn}
+	a1, a2 := freeAddr(t), freeAddr(t)
+	p1 := start(t, env, "run", "-c", config(a1))
+	waitSlotActive(t, dsn, slotMain)
+	p2 := start(t, env, "run", "-c", config(a2))
+	waitFor(t, time.Minute, "the second instance's http endpoint", func() bool {
+		code, _ := httpGetMaybe("http://" + a2 + "/healthz")
+		return code == 200
+	})
+	waitFor(t, time.Minute, "the second instance standing by", func() bool {
+		return metricValue(t, a2, "pgcdc_source_standby", map[string]string{"source": "main"}) == 1
+	})
+	// It stays ready while it retries to take over.
+	for range 10 {
+		if code, body := httpGet(t, "http://"+a2+"/readyz"); code != 200 || !strings.Contains(body, `"main":"standby"`) {
+			t.Fatalf("standby /readyz = %d %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if up := metricValue(t, a2, "pgcdc_source_up", map[string]string{"source": "main"}); up != 0 {
+		t.Errorf("standby pgcdc_source_up = %v", up)
+	}
+	if code := p1.stop(t); code != 0 {
+		t.Fatalf("first instance exited %d", code)
+	}
+	pgtest.Exec(t, dsn, `INSERT INTO items VALUES (1)`)
+	waitFor(t, time.Minute, "the standby to take over and deliver", func() bool { return len(fileLines(t, out)) == 1 })
+	if up := metricValue(t, a2, "pgcdc_source_up", map[string]string{"source": "main"}); up != 1 {
+		t.Errorf("after take-over pgcdc_source_up = %v", up)
+	}
+	if code := p2.stop(t); code != 0 {
+		t.Fatalf("second instance exited %d", code)
+	}
+}
