@@ -24,6 +24,7 @@ type Config struct {
 	Sinks   map[string]*SinkConfig   `yaml:"sinks"`
 	HTTP    HTTPConfig               `yaml:"http"`
 	Log     LogConfig                `yaml:"log"`
+	Tracing TracingConfig            `yaml:"tracing"`
 	// ShutdownGrace bounds a graceful stop: in-flight deliveries finish and
 	// the position is confirmed within it, else they are cancelled (and
 	// delivered again at the next start).

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pgcdc/pgcdc"
 	"github.com/pgcdc/pgcdc/sink"
@@ -192,6 +193,7 @@ type daemon struct {
 	stdout  io.Writer
 	sinks   map[string]sink.Sink
 	metrics *metrics
+	tracer  trace.Tracer
 
 	mu      sync.Mutex
 	workers map[string]*pgcdc.Worker // source name → worker, once built
@@ -249,7 +251,7 @@ func (d *daemon) buildWorker(ctx context.Context, name string, hooks ...any) (*p
 	}
 	for _, t := range order {
 		rules := tables[t]
-		p := &pipeline{rules: rules, sinks: d.sinks, logger: d.logger, debug: d.cfg.Log.Level == "debug"}
+		p := &pipeline{rules: rules, sinks: d.sinks, logger: d.logger, debug: d.cfg.Log.Level == "debug", tracer: d.tracer}
 		var hopts []pgcdc.HandlerOption
 		for _, r := range rules {
 			if r.wantsTruncate() {
@@ -285,6 +287,18 @@ func (d *daemon) status(ctx context.Context) []pgcdc.SourceStatus {
 func (d *daemon) run(ctx context.Context) error {
 	d.workers = map[string]*pgcdc.Worker{}
 	d.metrics = newMetrics(d.status)
+	tracer, stopTracing, err := startTracing(ctx, d.cfg.Tracing)
+	if err != nil {
+		return err
+	}
+	d.tracer = tracer
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			d.logger.Warn("pgcdc: flushing traces", "error", err)
+		}
+	}()
 	if err := d.openSinks(ctx); err != nil {
 		return err
 	}

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/pgcdc/pgcdc"
 	"github.com/pgcdc/pgcdc/sink"
 )
@@ -33,6 +35,7 @@ type pipeline struct {
 	sinks  map[string]sink.Sink
 	logger *slog.Logger
 	debug  bool
+	tracer trace.Tracer // nil: no tracing
 }
 
 // row is the part of an event the filters read.
@@ -108,7 +111,8 @@ func (p *pipeline) deliver(ctx context.Context, msg sink.Message) (bool, error) 
 // handler is the pipeline as a pgcdc handler.
 func (p *pipeline) handler() pgcdc.HandlerFunc {
 	return func(ec *pgcdc.EventContext) error {
-		kept, err := p.deliver(ec.Context(), sink.FromEvent(ec))
+		msg := sink.FromEvent(ec)
+		kept, err := traced(p.tracer, ec.Context(), msg, func(ctx context.Context) (bool, error) { return p.deliver(ctx, msg) })
 		if err == nil && !kept {
 			ec.Filtered()
 		}
