@@ -56,6 +56,8 @@ extra: 1
 		"sources.billing.retries.max: -1: must not be negative",
 		"sources.billing.retries.min_backoff (line 7): \"fast\" is not a duration",
 		"routes[0].source: missing: there are several sources (billing, other)",
+		"sources.billing: no route uses this source",
+		"sources.other: no route uses this source",
 		"routes[0].tables[0]: \"a.b.c\": want \"table\", \"schema.table\" or \"schema.*\"",
 		"routes[0].sinks[0]: \"nowhere\" is not a sink of this file (sinks: hook, f, q)",
 		"routes[0].actions[0]: \"UPSERT\": want one of INSERT, UPDATE, DELETE, TRUNCATE",

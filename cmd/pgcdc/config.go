@@ -576,6 +576,17 @@ func (c *Config) check(d *decoder) {
 			}
 		}
 	}
+	used := map[string]bool{}
+	for _, r := range c.Routes {
+		if r != nil {
+			used[r.Source] = true
+		}
+	}
+	for _, name := range c.sourceOrder {
+		if !used[name] && len(c.Routes) > 0 && c.Sources[name] != nil {
+			d.bad("sources."+name, 0, "no route uses this source: add a route with source: %s, or remove it", name)
+		}
+	}
 	for _, name := range c.sinkOrder {
 		if c.Sinks[name] == nil {
 			d.bad("sinks."+name, 0, "empty sink: give at least its type")
