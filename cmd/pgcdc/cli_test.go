@@ -260,6 +260,15 @@ sources: {main: {dsn: "${TEST_DSN}"}}
 routes: [{tables: ["nothing_here.*"], sinks: [o]}]
 sinks: {o: {type: stdout}}
 `, `source "main": the routes match no table`},
+		{"one source fatal while another waits for its database", `
+sources:
+  main: {dsn: "${TEST_DSN}"}
+  down: {dsn: "postgres://nobody@127.0.0.1:1/none?connect_timeout=1"}
+routes:
+  - {source: main, tables: [nope], sinks: [o]}
+  - {source: down, tables: ["app.*"], sinks: [o]}
+sinks: {o: {type: stdout}}
+`, `"public"."nope" does not exist`},
 		{"bad file sink", `
 sources: {main: {dsn: "${TEST_DSN}"}}
 routes: [{tables: [items], sinks: [f]}]

@@ -323,13 +323,17 @@ func (d *daemon) run(ctx context.Context) error {
 	// asks for Shutdown, which lets in-flight deliveries finish.
 	serveCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer hardStop()
+	// Sources still being set up (waiting for their database) give up when
+	// the daemon stops, for a signal or another source's fatal error.
+	buildCtx, stopBuilding := context.WithCancel(ctx)
+	defer stopBuilding()
 	failed := make(chan error, len(d.cfg.sourceOrder))
 	var wg sync.WaitGroup
 	for _, name := range d.cfg.sourceOrder {
 		wg.Go(func() {
-			w, err := d.buildWithRetry(ctx, name)
+			w, err := d.buildWithRetry(buildCtx, name)
 			if err != nil {
-				if ctx.Err() == nil {
+				if buildCtx.Err() == nil {
 					failed <- err
 				}
 				return
@@ -349,6 +353,7 @@ func (d *daemon) run(ctx context.Context) error {
 	case fatal = <-failed:
 		d.logger.Error("pgcdc: stopping after a fatal error", "error", fatal)
 	}
+	stopBuilding()
 	graceCtx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownGrace.D())
 	defer cancel()
 	var late error
