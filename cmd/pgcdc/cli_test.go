@@ -187,12 +187,20 @@ sinks:
 		t.Errorf("check with problems: exit %d, want 1; stderr %s", code, stderr)
 	}
 
+	trig := writeConfig(t, strings.Replace(text, `{dsn: "${TEST_DSN}"}`, `{dsn: "${TEST_DSN}", capture: trigger}`, 1))
+	stdout, _, code = runCmd(t, "", env, "check", "-c", trig)
+	if code != 0 || !strings.Contains(stdout, "✓ table public.items: triggers can be created") ||
+		!strings.Contains(stdout, "✓ trigger schema pgcdc exists or can be created") || strings.Contains(stdout, "wal_level") {
+		t.Errorf("check in trigger mode: exit %d\n%s", code, stdout)
+	}
+
 	// The webhook refuses (422): both events are dead-lettered.
 	p := start(t, env, "run", "-c", cfg)
 	waitSlotActive(t, dsn, slotMain)
 	pgtest.Exec(t, dsn, `INSERT INTO items VALUES (1, 'a'); INSERT INTO items VALUES (2, 'b');`)
 	waitFor(t, time.Minute, "2 dead letters", func() bool {
-		return queryInt(t, dsn, `SELECT count(*) FROM pgcdc_dead_letters`) == 2
+		return queryInt(t, dsn, `SELECT (to_regclass('pgcdc_dead_letters') IS NOT NULL)::int`) == 1 &&
+			queryInt(t, dsn, `SELECT count(*) FROM pgcdc_dead_letters`) == 2
 	})
 	if code := p.stop(t); code != 0 {
 		t.Fatalf("run exited %d", code)

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pgcdc/pgcdc/sink"
 	"github.com/pgcdc/pgcdc/sink/webhook"
 )
 
@@ -59,5 +62,53 @@ sinks: {o: {type: stdout}}
 `), sinkTypes(), getenv)
 	if err == nil || !strings.Contains(err.Error(), "sources.main.max_goroutines (line 2): cannot unmarshal !!str `4` into int") {
 		t.Errorf("quoted number: %v", err)
+	}
+}
+
+// fakeBrokerConfig stands for a broker sink's Config (yaml tags, Validate).
+type fakeBrokerConfig struct {
+	Addr  string        `yaml:"addr"`
+	Topic string        `yaml:"topic"`
+	Wait  time.Duration `yaml:"wait"`
+}
+
+func (c *fakeBrokerConfig) Validate() error {
+	if c.Addr == "" {
+		return errors.New("addr: missing: the broker's address")
+	}
+	return nil
+}
+
+type fakeBroker struct{ cfg fakeBrokerConfig }
+
+func (f *fakeBroker) Deliver(context.Context, []sink.Message) error { return nil }
+func (f *fakeBroker) Close(context.Context) error                   { return nil }
+
+// TestRegistryPlugsInABrokerSink: a sink package with a Config struct and
+// New(ctx, cfg) plugs in with one typed(...) line; its keys are decoded
+// strictly and its Validate runs at validate time.
+func TestRegistryPlugsInABrokerSink(t *testing.T) {
+	reg := sinkTypes()
+	reg["fake"] = typed(func(ctx context.Context, c fakeBrokerConfig, _ sinkEnv) (*fakeBroker, error) {
+		return &fakeBroker{cfg: c}, nil
+	})
+	getenv := func(string) (string, bool) { return "", false }
+	base := "sources: {m: {dsn: 'postgres://a@b/c'}}\nroutes: [{tables: [t], sinks: [q]}]\nsinks:\n  q: "
+	cfg, err := ParseConfig("x", []byte(base+"{type: fake, addr: 'n:4222', topic: t, wait: 2s, batch_size: 5}\n"), reg, getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := reg["fake"].open(context.Background(), cfg.Sinks["q"].Settings, sinkEnv{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fb := s.(*fakeBroker); fb.cfg.Addr != "n:4222" || fb.cfg.Topic != "t" || fb.cfg.Wait != 2*time.Second || cfg.Sinks["q"].BatchSize != 5 {
+		t.Errorf("decoded %+v", fb.cfg)
+	}
+	_, err = ParseConfig("x", []byte(base+"{type: fake, topik: t}\n"), reg, getenv)
+	for _, want := range []string{"sinks.q.topik (line 4): unknown key (known keys here: addr, topic, wait)", "sinks.q.addr (line 4): missing: the broker's address"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want %q", err, want)
+		}
 	}
 }
