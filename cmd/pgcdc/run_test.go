@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -254,5 +256,82 @@ http: {listen: "`+addr+`"}
 	}
 	if code := p2.stop(t); code != 0 {
 		t.Fatalf("second instance exited %d", code)
+	}
+}
+
+// TestShutdownGrace: a delivery still running when shutdown_grace ends is
+// cancelled, run exits 1 saying so, and the next start delivers the event
+// again with the same event_id.
+func TestShutdownGrace(t *testing.T) {
+	dsn := newDB(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE items (id int PRIMARY KEY)`)
+	var mu sync.Mutex
+	var ids []string
+	hold := make(chan struct{})
+	var holding sync.Once
+	got := make(chan struct{}, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		first := false
+		holding.Do(func() { first = true })
+		got <- struct{}{}
+		if first {
+			select { // the first delivery hangs until the test ends
+			case <-hold:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		mu.Lock()
+		ids = append(ids, r.Header.Get("Pgcdc-Event-Id"))
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	defer close(hold)
+	cfg := writeConfig(t, `
+sources: {main: {dsn: "${TEST_DSN}"}}
+routes: [{tables: [items], sinks: [hook]}]
+sinks: {hook: {type: webhook, url: "`+srv.URL+`", timeout: 1m}}
+shutdown_grace: 1s
+`)
+	env := []string{"TEST_DSN=" + dsn}
+	p := start(t, env, "run", "-c", cfg)
+	waitSlotActive(t, dsn, slotMain)
+	pgtest.Exec(t, dsn, `INSERT INTO items VALUES (1)`)
+	select {
+	case <-got:
+	case <-time.After(time.Minute):
+		t.Fatal("no delivery")
+	}
+	began := time.Now()
+	code := p.stop(t)
+	if code != 1 || !strings.Contains(p.stderr.String(), "the grace period (1s) ended before the in-flight deliveries") {
+		t.Fatalf("exit %d after the grace period; stderr:\n%s", code, p.stderr.String())
+	}
+	if d := time.Since(began); d > 15*time.Second {
+		t.Errorf("stopping took %s with a 1s grace period", d)
+	}
+	p2 := start(t, env, "run", "-c", cfg)
+	waitFor(t, time.Minute, "the event delivered again", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(ids) == 1
+	})
+	if code := p2.stop(t); code != 0 {
+		t.Fatalf("second run exited %d", code)
+	}
+}
+
+// TestStopWhileDatabaseDown: SIGTERM while the source cannot connect
+// stops at once with exit 0.
+func TestStopWhileDatabaseDown(t *testing.T) {
+	cfg := writeConfig(t, `
+sources: {main: {dsn: "postgres://nobody@127.0.0.1:1/none?connect_timeout=1"}}
+routes: [{tables: ["app.*"], sinks: [o]}]
+sinks: {o: {type: stdout}}
+`)
+	p := start(t, nil, "run", "-c", cfg)
+	waitFor(t, 30*time.Second, "a retry logged", func() bool { return strings.Contains(p.stderr.String(), "retrying") })
+	if code := p.stop(t); code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, p.stderr.String())
 	}
 }
