@@ -80,7 +80,7 @@ func main() {
 	flag.BoolVar(&c.profile, "profile", true, "profile one extra pgcdc drain (pprof CPU + allocations)")
 	flag.StringVar(&c.out, "out", "results", "results directory")
 	flag.StringVar(&c.pgBin, "pgbin", "", "PostgreSQL bin directory (default: /usr/lib/postgresql/15/bin)")
-	flag.StringVar(&c.only, "only", "", "comma list of phases to run: p1,p2,p5,big (default all)")
+	flag.StringVar(&c.only, "only", "", "comma list of phases to run: p1,p2,p5,big (default all), daemon (only when listed)")
 	flag.Float64Var(&c.waitLoad, "wait-load", 0, "before starting, wait until the 1-minute load average is below this (polls every 30 s; 0 = do not wait)")
 	flag.DurationVar(&c.waitMax, "wait-max", 20*time.Minute, "give up waiting for -wait-load after this long and run anyway")
 	flag.Parse()
@@ -252,6 +252,11 @@ func run(ctx context.Context, c config) error {
 	if c.bigTxn > 0 && c.want("big") {
 		if err := e.phaseBigTxn(ctx); err != nil {
 			return fmt.Errorf("big transaction: %w", err)
+		}
+	}
+	if c.only != "" && c.want("daemon") {
+		if err := e.phaseDaemon(ctx); err != nil {
+			return fmt.Errorf("daemon: %w", err)
 		}
 	}
 	e.res.machine.LoadEnd = loadavg()

@@ -1,11 +1,20 @@
-// Command pgcdc streams committed PostgreSQL row changes, read through
-// logical replication (pgoutput), as JSON events.
+// Command pgcdc streams committed PostgreSQL row changes as JSON events:
+// as a service from a configuration file into sinks (JSON lines on stdout
+// or in a file, webhooks), or as a demo.
 //
 // Usage:
 //
-//	pgcdc demo [flags]   boot a throwaway PostgreSQL, write rows, print the live events
-//	pgcdc version        print the version
-//	pgcdc help [demo]    print help
+//	pgcdc run -c FILE                 stream the configured sources into the sinks until SIGINT/SIGTERM
+//	pgcdc validate -c FILE            check the configuration without connecting
+//	pgcdc check -c FILE               check what run needs: server settings, privileges, tables, sinks
+//	pgcdc status -c FILE [--json]     per source: engine, state, slot, confirmed LSN, lag, dead letters, backlog
+//	pgcdc dead-letters list|redeliver|purge -c FILE [--source S] [--table T] [--limit N]
+//	pgcdc teardown -c FILE [--yes]    remove the slots, publications and trigger objects pgcdc created
+//	pgcdc demo [flags]                boot a throwaway PostgreSQL, write rows, print the live events
+//	pgcdc version                     print the version
+//
+// Every command takes --help. The configuration file is documented in
+// pgcdc.example.yaml and docs/daemon.md.
 //
 // The demo is the quickest way to see pgcdc work: it needs only the
 // PostgreSQL server binaries of the machine (Debian: apt-get install
@@ -49,7 +58,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return 2
 	}
+	env := newCLIEnv(stdout, stderr)
 	switch cmd, rest := args[0], args[1:]; cmd {
+	case "run", "validate", "check", "status", "dead-letters", "teardown":
+		return exitCode(stderr, cmd, commands[cmd](ctx, rest, env))
 	case "demo":
 		return exitCode(stderr, "demo", runDemo(ctx, rest, stdout, stderr))
 	case "version", "-version", "--version":
@@ -61,6 +73,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		switch rest[0] {
+		case "run", "validate", "check", "status", "dead-letters", "teardown":
+			helpEnv := *env
+			helpEnv.stderr = stdout // asked for: the help goes to stdout
+			return exitCode(stderr, rest[0], commands[rest[0]](ctx, []string{"--help"}, &helpEnv))
 		case "demo":
 			var cfg demoConfig
 			fs := newDemoFlags(&cfg, stdout)
@@ -76,6 +92,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return 2
 	}
+}
+
+// commands are the subcommands that read a configuration file.
+var commands = map[string]func(context.Context, []string, *cliEnv) error{
+	"run":          cmdRun,
+	"validate":     cmdValidate,
+	"check":        cmdCheck,
+	"status":       cmdStatus,
+	"dead-letters": cmdDeadLetters,
+	"teardown":     cmdTeardown,
 }
 
 // exitCode reports err of subcommand name on stderr and turns it into an
@@ -108,13 +134,25 @@ Usage:
   pgcdc <command> [flags]
 
 Commands:
-  demo      boot a throwaway PostgreSQL, write rows into a demo table and
-            print the live change events (one JSON line each)
-  version   print the version
-  help      print this help; "pgcdc help demo" lists the demo's flags
+  run           stream the sources of a configuration file into its sinks
+                until SIGINT/SIGTERM (pgcdc run -c pgcdc.yaml)
+  validate      check a configuration file without connecting
+  check         check what run needs: server settings, privileges, tables,
+                replica identity, sinks reachable
+  status        per source: engine, state, slot, confirmed LSN, lag,
+                wal_status, dead letters, trigger backlog (--json)
+  dead-letters  list, redeliver or purge dead-lettered events
+  teardown      remove the slots, publications and trigger objects pgcdc
+                created (asks first unless --yes)
+  demo          boot a throwaway PostgreSQL, write rows into a demo table and
+                print the live change events (one JSON line each)
+  version       print the version
+  help          print this help; "pgcdc help COMMAND" (or COMMAND --help)
+                describes a command
 
 Try:
   pgcdc demo -duration 10s
+  pgcdc validate -c pgcdc.example.yaml
 `)
 }
 

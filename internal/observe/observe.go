@@ -80,6 +80,11 @@ func (s *Source) SetState(st State, err error) {
 		return
 	}
 	s.mu.Lock()
+	if st == Connecting && s.state == Standby {
+		// A standby source tries to take over at every reconnect
+		// interval: it stays a standby until it streams (or fails).
+		st = Standby
+	}
 	changed := s.state != st || err != nil
 	s.state = st
 	if err != nil {
