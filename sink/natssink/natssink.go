@@ -22,6 +22,7 @@ import (
 
 	"github.com/pgcdc/pgcdc/sink"
 	"github.com/pgcdc/pgcdc/sink/internal/gate"
+	"github.com/pgcdc/pgcdc/sink/internal/order"
 )
 
 // Defaults used for zero Config fields.
@@ -285,31 +286,12 @@ func (s *Sink) Deliver(ctx context.Context, msgs []sink.Message) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	for _, wave := range waves(msgs) {
+	for _, wave := range order.Waves(msgs) {
 		if err := s.publish(ctx, wave); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// waves splits msgs so that no wave holds two messages of one RowKey: the
-// n-th message of each key is in wave n. Most batches are one wave.
-func waves(msgs []sink.Message) [][]*sink.Message {
-	if len(msgs) == 1 {
-		return [][]*sink.Message{{&msgs[0]}}
-	}
-	seen := make(map[uint64]int, len(msgs))
-	var out [][]*sink.Message
-	for i := range msgs {
-		n := seen[msgs[i].RowKey]
-		seen[msgs[i].RowKey] = n + 1
-		if n == len(out) {
-			out = append(out, make([]*sink.Message, 0, len(msgs)-i))
-		}
-		out[n] = append(out[n], &msgs[i])
-	}
-	return out
 }
 
 type pending struct {
