@@ -190,3 +190,17 @@ func TestRedeliveryDedupAndHeaders(t *testing.T) {
 		t.Errorf("first message: subject %s, headers %v; want subject %s, Nats-Msg-Id %s, action, source, lsn", m.Subject(), h, want, msgs[0].EventID)
 	}
 }
+
+// The same through a sink.Batcher: events delivered in batches.
+func TestEndToEndBatched(t *testing.T) {
+	js := admin(t)
+	ctx := context.Background()
+	s, err := newSink(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	b := sink.NewBatcher(s, sink.BatchOptions{})
+	defer b.Close(ctx)
+	sinktest.EndToEndTest(t, sinktest.EndToEnd{DSN: pgtest.NewDatabase(t), Sink: s, Handler: b.Handler(), MaxGoroutines: 64, Prepare: prepare(js), Read: read(js), Dedup: true})
+}

@@ -144,3 +144,17 @@ func TestFieldsAndMaxLen(t *testing.T) {
 		t.Errorf("last entry %v; want event_id %s, action INSERT, payload %s", v, msgs[999].EventID, msgs[999].Payload)
 	}
 }
+
+// The same through a sink.Batcher: events delivered in batches.
+func TestEndToEndBatched(t *testing.T) {
+	c := admin(t)
+	ctx := context.Background()
+	s, err := redissink.New(ctx, redissink.Config{URL: "redis://" + addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	b := sink.NewBatcher(s, sink.BatchOptions{})
+	defer b.Close(ctx)
+	sinktest.EndToEndTest(t, sinktest.EndToEnd{DSN: pgtest.NewDatabase(t), Sink: s, Handler: b.Handler(), MaxGoroutines: 64, Prepare: prepare(c), Read: read(c)})
+}

@@ -24,13 +24,19 @@ type EndToEnd struct {
 	// Prepare and Read are as in Harness.
 	Prepare func(t *testing.T, table string)
 	Read    func(t *testing.T, table string) []Received
+	// Handler, if set, is the handler under test instead of
+	// sink.Handler(Sink) (a sink.Batcher's, say); MaxGoroutines is the
+	// route's (default 8).
+	Handler       pgcdc.HandlerFunc
+	MaxGoroutines int
 	// Dedup says the broker drops a message whose event_id it stored
 	// already (JetStream's duplicate window): then a forced redelivery
 	// must leave no duplicate.
 	Dedup bool
 }
 
-// EndToEndTest runs a pgcdc.Worker on e.DSN with sink.Handler(e.Sink) for
+// EndToEndTest runs a pgcdc.Worker on e.DSN with sink.Handler(e.Sink) (or
+// e.Handler) for
 // a new table of source "sinktest", writes inserts, updates and deletes,
 // and checks that every change reached the broker, each row's changes in
 // commit order. The handler fails once after the sink delivered every
@@ -47,8 +53,14 @@ func EndToEndTest(t *testing.T, e EndToEnd) {
 	var (
 		mu      sync.Mutex
 		forced  = map[string]bool{}
-		handler = sink.Handler(e.Sink)
+		handler = e.Handler
 	)
+	if handler == nil {
+		handler = sink.Handler(e.Sink)
+	}
+	if e.MaxGoroutines == 0 {
+		e.MaxGoroutines = 8
+	}
 	w, err := pgcdc.NewWorker(
 		pgcdc.AddPostgresDSN("sinktest", e.DSN),
 		pgcdc.SetLogger(slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))),
@@ -75,7 +87,7 @@ func EndToEndTest(t *testing.T, e EndToEnd) {
 			return errors.New("sinktest: acknowledgement lost (forced redelivery)")
 		}
 		return nil
-	}, pgcdc.WithMaxGoroutines(8))
+	}, pgcdc.WithMaxGoroutines(e.MaxGoroutines))
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- w.Serve(ctx) }()

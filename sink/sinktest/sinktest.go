@@ -236,7 +236,7 @@ func (s *suite) orderPerKey(t *testing.T) {
 			for i, b := 0, gi; i < len(grp); b++ {
 				end := min(len(grp), i+batchSizes[b%len(batchSizes)])
 				if err := sk.Deliver(ctx, grp[i:end]); err != nil {
-					errc <- fmt.Errorf("Deliver of %d messages: %w", end-i, err)
+					errc <- fmt.Errorf("deliver of %d messages: %w", end-i, err)
 					return
 				}
 				i = end
