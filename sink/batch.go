@@ -12,7 +12,7 @@ type BatchOptions struct {
 	// MaxBatch is the most events one Deliver carries (default 256).
 	MaxBatch int
 	// Flights is the number of Deliver calls in flight at once (default
-	// 4).
+	// 16).
 	Flights int
 }
 
@@ -49,7 +49,7 @@ func NewBatcher(s Sink, opts BatchOptions) *Batcher {
 		opts.MaxBatch = 256
 	}
 	if opts.Flights <= 0 {
-		opts.Flights = 4
+		opts.Flights = 16
 	}
 	b := &Batcher{s: s, max: opts.MaxBatch, in: make(chan batchReq), quit: make(chan struct{})}
 	for range opts.Flights {
