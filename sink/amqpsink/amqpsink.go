@@ -108,6 +108,17 @@ var _ sink.Sink = (*Sink)(nil)
 
 // New checks cfg, connects and checks (or declares) the exchange.
 func New(ctx context.Context, cfg Config) (*Sink, error) {
+	return build(ctx, cfg, true)
+}
+
+// Validate checks the settings as New does, without connecting: what
+// a configuration check reports.
+func (cfg Config) Validate() error {
+	_, err := build(context.Background(), cfg, false)
+	return err
+}
+
+func build(ctx context.Context, cfg Config, connect bool) (*Sink, error) {
 	var problems []error
 	if cfg.URL == "" {
 		cfg.URL = DefaultURL
@@ -152,6 +163,9 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("amqp sink: %w", errors.Join(problems...))
+	}
+	if !connect {
+		return nil, nil
 	}
 	if cfg.Channels == 0 {
 		cfg.Channels = DefaultChannels

@@ -2,6 +2,7 @@ package amqpsink_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -162,5 +163,23 @@ func TestProperties(t *testing.T) {
 		d.ContentType != "application/json" || d.Headers[amqpsink.HeaderAction] != "INSERT" || d.Headers[amqpsink.HeaderLSN] != msgs[0].LSN ||
 		d.Headers[amqpsink.HeaderSource] != "sinktest" || d.Headers[amqpsink.HeaderTable] != tbl || string(d.Body) != string(msgs[0].Payload) {
 		t.Errorf("message: id %s mode %d key %s type %s headers %v body %s", d.MessageId, d.DeliveryMode, d.RoutingKey, d.ContentType, d.Headers, d.Body)
+	}
+}
+
+// Validate reports every bad setting at once, without connecting; good
+// settings pass without a server.
+func TestValidate(t *testing.T) {
+	err := amqpsink.Config{URL: "http://x", ExchangeType: "fan"}.Validate()
+	if err == nil {
+		t.Fatal("Validate accepted bad settings")
+	}
+	for _, want := range []string{"url", "exchange_type"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v; want it to name %q", err, want)
+		}
+	}
+	good := amqpsink.Config{URL: "amqp://u:p@nowhere.invalid:5672/"}
+	if err := good.Validate(); err != nil {
+		t.Errorf("Validate of good settings: %v", err)
 	}
 }

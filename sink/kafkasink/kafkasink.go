@@ -107,6 +107,17 @@ var _ sink.Sink = (*Sink)(nil)
 
 // New checks cfg, makes the client and pings a broker.
 func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
+	return build(ctx, cfg, opts, true)
+}
+
+// Validate checks the settings as New does, without connecting: what
+// a configuration check reports.
+func (cfg Config) Validate() error {
+	_, err := build(context.Background(), cfg, nil, false)
+	return err
+}
+
+func build(ctx context.Context, cfg Config, opts []Option, connect bool) (*Sink, error) {
 	var problems []error
 	if len(cfg.Brokers) == 0 {
 		cfg.Brokers = []string{DefaultBroker}
@@ -173,6 +184,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("kafka sink: %w", errors.Join(problems...))
+	}
+	if !connect {
+		return nil, nil
 	}
 	for _, o := range opts {
 		o(&kopts)

@@ -257,3 +257,21 @@ func TestMissingTopic(t *testing.T) {
 		t.Fatalf("Deliver to a missing topic: %v; want a retryable error naming auto_create_topics", err)
 	}
 }
+
+// Validate reports every bad setting at once, without connecting; good
+// settings pass without a server.
+func TestValidate(t *testing.T) {
+	err := kafkasink.Config{Brokers: []string{"x"}, SASL: kafkasink.SASLConfig{Mechanism: "NOPE"}}.Validate()
+	if err == nil {
+		t.Fatal("Validate accepted bad settings")
+	}
+	for _, want := range []string{"brokers", "sasl.mechanism"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v; want it to name %q", err, want)
+		}
+	}
+	good := kafkasink.Config{Brokers: []string{"nowhere.invalid:9092"}}
+	if err := good.Validate(); err != nil {
+		t.Errorf("Validate of good settings: %v", err)
+	}
+}

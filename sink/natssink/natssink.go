@@ -117,6 +117,17 @@ var _ sink.Sink = (*Sink)(nil)
 
 // New checks cfg, connects, and checks or creates the stream.
 func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
+	return build(ctx, cfg, opts, true)
+}
+
+// Validate checks the settings as New does, without connecting: what
+// a configuration check reports.
+func (cfg Config) Validate() error {
+	_, err := build(context.Background(), cfg, nil, false)
+	return err
+}
+
+func build(ctx context.Context, cfg Config, opts []Option, connect bool) (*Sink, error) {
 	var problems []error
 	if cfg.URL == "" {
 		cfg.URL = DefaultURL
@@ -194,6 +205,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("nats sink: %w", errors.Join(problems...))
+	}
+	if !connect {
+		return nil, nil
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout

@@ -204,3 +204,21 @@ func TestEndToEndBatched(t *testing.T) {
 	defer b.Close(ctx)
 	sinktest.EndToEndTest(t, sinktest.EndToEnd{DSN: pgtest.NewDatabase(t), Sink: s, Handler: b.Handler(), MaxGoroutines: 64, Prepare: prepare(js), Read: read(js), Dedup: true})
 }
+
+// Validate reports every bad setting at once, without connecting; good
+// settings pass without a server.
+func TestValidate(t *testing.T) {
+	err := natssink.Config{Subject: "a.>", Token: "t", Username: "u"}.Validate()
+	if err == nil {
+		t.Fatal("Validate accepted bad settings")
+	}
+	for _, want := range []string{"subject", "at most one"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v; want it to name %q", err, want)
+		}
+	}
+	good := natssink.Config{URL: "nats://nowhere.invalid:4222", Stream: natssink.StreamConfig{Name: "S", Create: true}}
+	if err := good.Validate(); err != nil {
+		t.Errorf("Validate of good settings: %v", err)
+	}
+}

@@ -74,6 +74,17 @@ var _ sink.Sink = (*Sink)(nil)
 
 // New checks cfg, connects and pings the server.
 func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
+	return build(ctx, cfg, opts, true)
+}
+
+// Validate checks the settings as New does, without connecting: what
+// a configuration check reports.
+func (cfg Config) Validate() error {
+	_, err := build(context.Background(), cfg, nil, false)
+	return err
+}
+
+func build(ctx context.Context, cfg Config, opts []Option, connect bool) (*Sink, error) {
 	var problems []error
 	if cfg.URL == "" {
 		cfg.URL = "redis://127.0.0.1:6379/0"
@@ -102,6 +113,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("redis sink: %w", errors.Join(problems...))
+	}
+	if !connect {
+		return nil, nil
 	}
 	if cfg.Username != "" {
 		ropts.Username = cfg.Username

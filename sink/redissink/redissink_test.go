@@ -2,6 +2,7 @@ package redissink_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -157,4 +158,22 @@ func TestEndToEndBatched(t *testing.T) {
 	b := sink.NewBatcher(s, sink.BatchOptions{})
 	defer b.Close(ctx)
 	sinktest.EndToEndTest(t, sinktest.EndToEnd{DSN: pgtest.NewDatabase(t), Sink: s, Handler: b.Handler(), MaxGoroutines: 64, Prepare: prepare(c), Read: read(c)})
+}
+
+// Validate reports every bad setting at once, without connecting; good
+// settings pass without a server.
+func TestValidate(t *testing.T) {
+	err := redissink.Config{Stream: "x:{tabel}", MaxLen: -1}.Validate()
+	if err == nil {
+		t.Fatal("Validate accepted bad settings")
+	}
+	for _, want := range []string{"stream", "max_len"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v; want it to name %q", err, want)
+		}
+	}
+	good := redissink.Config{URL: "redis://nowhere.invalid:6379"}
+	if err := good.Validate(); err != nil {
+		t.Errorf("Validate of good settings: %v", err)
+	}
 }
