@@ -165,6 +165,11 @@ func build(ctx context.Context, cfg Config, opts []Option, connect bool) (*Sink,
 	if cfg.Stream.Create && cfg.Stream.Name == "" {
 		problems = append(problems, errors.New("stream.create: needs stream.name"))
 	}
+	if cfg.Stream.Create && len(cfg.Stream.Subjects) == 0 {
+		if _, ok := defaultSubjects(cfg.Subject); !ok {
+			problems = append(problems, fmt.Errorf("stream.subjects: give the subjects of the stream to create (none can be derived from subject %q)", cfg.Subject))
+		}
+	}
 	if cfg.Stream.Replicas < 0 || cfg.Stream.MaxAge < 0 || cfg.Stream.Duplicates < 0 {
 		problems = append(problems, errors.New("stream.replicas, stream.max_age, stream.duplicates: must not be negative"))
 	}
@@ -264,16 +269,26 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg Config, subje
 		sc.Storage = jetstream.MemoryStorage
 	}
 	if len(sc.Subjects) == 0 {
-		prefix, _, _ := strings.Cut(subject.String(), "{")
-		sc.Subjects = []string{prefix + ">"}
-		if !strings.HasSuffix(prefix, ".") && prefix != "" {
-			sc.Subjects = []string{prefix} // a subject without placeholders
-		}
+		sc.Subjects, _ = defaultSubjects(subject.String())
 	}
 	if _, err := js.CreateStream(ctx, sc); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		return fmt.Errorf("nats sink: create stream %s for %v: %w", sc.Name, sc.Subjects, err)
 	}
 	return nil
+}
+
+// defaultSubjects derives a created stream's subjects from the subject
+// template: its text before the first placeholder, followed by ">" (or
+// the subject itself when it has no placeholder).
+func defaultSubjects(text string) ([]string, bool) {
+	prefix, _, placeholders := strings.Cut(text, "{")
+	switch {
+	case !placeholders:
+		return []string{text}, true
+	case strings.HasSuffix(prefix, ".") && prefix != ".":
+		return []string{prefix + ">"}, true
+	}
+	return nil, false
 }
 
 var tokenEscaper = strings.NewReplacer(".", "_", "*", "_", ">", "_", " ", "_", "\t", "_", "\r", "_", "\n", "_")

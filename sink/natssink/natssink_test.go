@@ -134,6 +134,9 @@ func TestConformance(t *testing.T) {
 			{Name: "storage", Want: "stream.storage", New: func(ctx context.Context) (sink.Sink, error) {
 				return natssink.New(ctx, natssink.Config{URL: "nats://" + addr, Stream: natssink.StreamConfig{Name: "X", Storage: "disk"}})
 			}},
+			{Name: "stream subjects", Want: "stream.subjects", New: func(ctx context.Context) (sink.Sink, error) {
+				return natssink.New(ctx, natssink.Config{URL: "nats://" + addr, Subject: "{source}.{table}", Stream: natssink.StreamConfig{Name: "X", Create: true}})
+			}},
 			{Name: "url", Want: "nats://127.0.0.1:1", New: func(ctx context.Context) (sink.Sink, error) {
 				return natssink.New(ctx, natssink.Config{URL: "nats://127.0.0.1:1", DialTimeout: time.Second})
 			}},

@@ -18,6 +18,7 @@ import (
 	"log"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -275,6 +276,7 @@ func drain(ctx context.Context, v variant, rows int, newWorker func(string) (*pg
 		}
 		return nil
 	}, pgcdc.WithMaxGoroutines(gor))
+	debug.FreeOSMemory() // what earlier variants left behind
 	resetPeakRSS()
 	cpu0 := cpuTime()
 	start := time.Now()
