@@ -50,8 +50,9 @@ type variant struct {
 func main() {
 	rows := flag.Int("rows", 200_000, "changes in the backlog")
 	only := flag.String("only", "", "comma-separated variants to run (noop,redis,nats,nats1,amqp,kafka)")
+	liveFor := flag.Duration("live", 10*time.Second, "length of the live phase (8 single-row writers); 0 skips it")
 	flag.Parse()
-	if err := run(*rows, *only); err != nil {
+	if err := run(*rows, *only, *liveFor); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -164,7 +165,7 @@ type result struct {
 	err      error
 }
 
-func run(rows int, only string) error {
+func run(rows int, only string, liveFor time.Duration) error {
 	ctx := context.Background()
 	vs := variants()
 	if only != "" {
@@ -232,6 +233,26 @@ func run(rows int, only string) error {
 		w, _ := newWorker(v.key)
 		_ = exec(ctx, dsn, fmt.Sprintf(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '%s'`, w.Sources()[0].Slot))
 	}
+	if liveFor > 0 {
+		if err := exec(ctx, dsn, `CREATE TABLE t_live (id bigserial PRIMARY KEY, payload text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+			return err
+		}
+	}
+	var lives []liveResult
+	for _, v := range vs {
+		if liveFor <= 0 {
+			break
+		}
+		fmt.Fprintf(os.Stderr, "live, 8 writers for %s: %s\n", liveFor, v.label)
+		r := live(ctx, v, dsn, liveFor, newWorker)
+		r.v = v
+		lives = append(lives, r)
+		if r.err != nil {
+			fmt.Fprintf(os.Stderr, "  %s: %v\n", v.key, r.err)
+		} else {
+			fmt.Fprintf(os.Stderr, "  %.0f rows/s written and delivered\n", r.perSec)
+		}
+	}
 	var base float64
 	for _, r := range results {
 		if r.v.key == "noop" && r.err == nil {
@@ -252,7 +273,103 @@ func run(rows int, only string) error {
 		}
 		fmt.Printf("| %s | %.0f | %s | %.1f | %d |\n", r.v.label, r.perSec, ratio, float64(r.cpuPerEv.Nanoseconds())/1000, r.peakRSS>>20)
 	}
+	if len(lives) == 0 {
+		return nil
+	}
+	var lbase float64
+	for _, r := range lives {
+		if r.v.key == "noop" && r.err == nil {
+			lbase = r.perSec
+		}
+	}
+	fmt.Printf("\nLive: 8 writers, one single-row INSERT per transaction, for %s; rows/s = rows written ÷ time until the last one was delivered\n\n", liveFor)
+	fmt.Println("| variant | rows/s | ÷ no-op |")
+	fmt.Println("|---|---:|---:|")
+	for _, r := range lives {
+		if r.err != nil {
+			fmt.Printf("| %s | failed: %v | |\n", r.v.label, r.err)
+			continue
+		}
+		ratio := "–"
+		if lbase > 0 {
+			ratio = fmt.Sprintf("%.2f", r.perSec/lbase)
+		}
+		fmt.Printf("| %s | %.0f | %s |\n", r.v.label, r.perSec, ratio)
+	}
 	return nil
+}
+
+type liveResult struct {
+	v      variant
+	perSec float64
+	err    error
+}
+
+// live runs 8 writers for d while the variant's worker delivers, and
+// measures the rows written and delivered per second.
+func live(ctx context.Context, v variant, dsn string, d time.Duration, newWorker func(string) (*pgcdc.Worker, error)) liveResult {
+	h, gor, cleanup, err := v.open(ctx)
+	if err != nil {
+		return liveResult{err: err}
+	}
+	defer cleanup()
+	w, err := newWorker(v.key + "_live")
+	if err != nil {
+		return liveResult{err: err}
+	}
+	var delivered atomic.Int64
+	w.Handle(pgcdc.CreateHandlerRoute("bench", "t_live"), func(ec *pgcdc.EventContext) error {
+		if err := h(ec); err != nil {
+			return err
+		}
+		delivered.Add(1)
+		return nil
+	}, pgcdc.WithMaxGoroutines(gor))
+	errc := make(chan error, 1)
+	go func() { errc <- w.Serve(ctx) }()
+	slot := w.Sources()[0].Slot
+	defer func() {
+		_ = w.Shutdown(ctx)
+		<-errc
+		_ = exec(ctx, dsn, `SELECT pg_drop_replication_slot($1)`, slot)
+	}()
+	if err := waitTrue(ctx, dsn, `SELECT coalesce((SELECT active FROM pg_replication_slots WHERE slot_name = $1), false)`, slot); err != nil {
+		return liveResult{err: err}
+	}
+	var written atomic.Int64
+	start := time.Now()
+	stop := start.Add(d)
+	werr := make(chan error, 8)
+	for range 8 {
+		go func() {
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				werr <- err
+				return
+			}
+			defer conn.Close(ctx)
+			for time.Now().Before(stop) {
+				if _, err := conn.Exec(ctx, `INSERT INTO t_live (payload) VALUES (repeat('x', 100))`); err != nil {
+					werr <- err
+					return
+				}
+				written.Add(1)
+			}
+			werr <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-werr; err != nil {
+			return liveResult{err: err}
+		}
+	}
+	n := written.Load()
+	for deadline := time.Now().Add(5 * time.Minute); delivered.Load() < n; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return liveResult{err: fmt.Errorf("%d of %d rows delivered", delivered.Load(), n)}
+		}
+	}
+	return liveResult{perSec: float64(n) / time.Since(start).Seconds()}
 }
 
 func drain(ctx context.Context, v variant, rows int, newWorker func(string) (*pgcdc.Worker, error)) (float64, time.Duration, int64, error) {
