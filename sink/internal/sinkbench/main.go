@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -51,21 +52,39 @@ func main() {
 	rows := flag.Int("rows", 200_000, "changes in the backlog")
 	only := flag.String("only", "", "comma-separated variants to run (noop,redis,nats,nats1,amqp,kafka)")
 	liveFor := flag.Duration("live", 10*time.Second, "length of the live phase (8 single-row writers); 0 skips it")
+	flag.IntVar(&batchGoroutines, "goroutines", batchGoroutines, "handler goroutines in front of a Batcher")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if err := run(*rows, *only, *liveFor); err != nil {
-		log.Fatal(err)
+		log.Print(err)
+		pprof.StopCPUProfile()
+		os.Exit(1)
 	}
 }
+
+// batchGoroutines is the route's goroutines in front of a Batcher: the
+// events in flight at once.
+var batchGoroutines = 256
 
 func noop(context.Context) (pgcdc.HandlerFunc, int, func(), error) {
 	return func(*pgcdc.EventContext) error { return nil }, 1, func() {}, nil
 }
 
-// batched wraps a sink in a Batcher (default options) with 256 handler
-// goroutines.
+// batched wraps a sink in a Batcher (default options) with
+// batchGoroutines handler goroutines.
 func batched(s sink.Sink, cleanup func()) (pgcdc.HandlerFunc, int, func(), error) {
 	b := sink.NewBatcher(s, sink.BatchOptions{})
-	return b.Handler(), 256, func() {
+	return b.Handler(), batchGoroutines, func() {
 		ctx := context.Background()
 		_ = b.Close(ctx)
 		_ = s.Close(ctx)
