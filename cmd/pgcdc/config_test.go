@@ -112,3 +112,28 @@ func TestRegistryPlugsInABrokerSink(t *testing.T) {
 		}
 	}
 }
+
+// The broker sinks are in the registry: their settings decode strictly and
+// validate without connecting.
+func TestBrokerSinkTypes(t *testing.T) {
+	getenv := func(string) (string, bool) { return "", false }
+	ok := `sources: {m: {dsn: 'postgres://a@b/c'}}
+routes: [{tables: [t], sinks: [n, k, r, a]}]
+sinks:
+  n: {type: nats, url: 'nats://127.0.0.1:4222'}
+  k: {type: kafka, brokers: ['127.0.0.1:9092'], topic: 'pgcdc.{table}'}
+  r: {type: redis, url: 'redis://127.0.0.1:6379/0'}
+  a: {type: rabbitmq, url: 'amqp://guest:guest@127.0.0.1:5672/', exchange: pgcdc}
+`
+	if _, err := ParseConfig("x", []byte(ok), sinkTypes(), getenv); err != nil {
+		t.Fatalf("broker sinks refused: %v", err)
+	}
+	bad := strings.Replace(ok, "brokers: ['127.0.0.1:9092']", "brokers: [nohost]", 1)
+	bad = strings.Replace(bad, "url: 'redis://127.0.0.1:6379/0'", "urll: x", 1)
+	_, err := ParseConfig("x", []byte(bad), sinkTypes(), getenv)
+	for _, want := range []string{"sinks.k (line 5)", `"nohost" is not host:port`, "sinks.r.urll"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want it to name %q", err, want)
+		}
+	}
+}

@@ -14,7 +14,11 @@ import (
 	"time"
 
 	"github.com/pgcdc/pgcdc/sink"
+	"github.com/pgcdc/pgcdc/sink/amqpsink"
 	"github.com/pgcdc/pgcdc/sink/file"
+	"github.com/pgcdc/pgcdc/sink/kafkasink"
+	"github.com/pgcdc/pgcdc/sink/natssink"
+	"github.com/pgcdc/pgcdc/sink/redissink"
 	"github.com/pgcdc/pgcdc/sink/webhook"
 )
 
@@ -105,7 +109,17 @@ func sinkTypes() registry {
 		}),
 		"file":    f,
 		"webhook": wh,
-		// Broker sinks (sink/nats, sink/kafka, sink/redis, sink/amqp) plug in
-		// here with one typed(...) line each.
+		"nats": typed(func(ctx context.Context, c natssink.Config, _ sinkEnv) (*natssink.Sink, error) {
+			return natssink.New(ctx, c)
+		}),
+		"kafka": typed(func(ctx context.Context, c kafkasink.Config, _ sinkEnv) (*kafkasink.Sink, error) {
+			return kafkasink.New(ctx, c)
+		}),
+		"redis": typed(func(ctx context.Context, c redissink.Config, _ sinkEnv) (*redissink.Sink, error) {
+			return redissink.New(ctx, c)
+		}),
+		"rabbitmq": typed(func(ctx context.Context, c amqpsink.Config, _ sinkEnv) (*amqpsink.Sink, error) {
+			return amqpsink.New(ctx, c)
+		}),
 	}
 }
