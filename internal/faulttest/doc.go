@@ -32,6 +32,11 @@
 //     with a password that must never be printed.
 //     FuzzPgoutputDecode: arbitrary pgoutput messages injected by a proxy
 //     into a consumer's stream; the consumer must not panic.
+//  9. TestSnapshotKill: kill -9 of the consumer in the middle of an initial
+//     snapshot while rows are inserted, updated and deleted across the key
+//     range; the events applied in handler order to a map rebuild the table
+//     (checksum over row_to_json of every row), and each run resumes after
+//     the recorded progress.
 //
 // Each scenario logs one line
 //
