@@ -53,9 +53,10 @@
 // # Sizes
 //
 // By default the suite runs at CI size (10k rows, 5+1 kills, 2 restarts, 3
-// cuts, 3 takeovers, 128 MB of WAL; about 2 minutes with -race on 2 cores).
-// The full size (100k rows, 20+1 kills, 5 restarts, 10 cuts, 10 takeovers,
-// 1 GB of WAL) runs with:
+// cuts, 3 takeovers, 128 MB of WAL, a 50k-row snapshot with 2 kills; about
+// 2 minutes with -race on 2 cores). The full size (100k rows, 20+1 kills,
+// 5 restarts, 10 cuts, 10 takeovers, 1 GB of WAL, a 1M-row snapshot with 5
+// kills) runs with:
 //
 //	PGCDC_FAULT_FULL=1 go test ./internal/faulttest/ -run . -v -timeout 60m
 //
