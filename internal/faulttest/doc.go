@@ -32,6 +32,14 @@
 //     with a password that must never be printed.
 //     FuzzPgoutputDecode: arbitrary pgoutput messages injected by a proxy
 //     into a consumer's stream; the consumer must not panic.
+//  9. TestSnapshotKill: kill -9 of the consumer in the middle of an initial
+//     snapshot while rows are inserted, updated and deleted across the key
+//     range; the events applied in handler order to a map rebuild the table
+//     (checksum over row_to_json of every row), and each run resumes after
+//     the recorded progress. TestSnapshotCommitVisibility (a known bug, run
+//     with PGCDC_FAULT_KNOWN_BUGS=1): a commit in the WAL before a chunk's
+//     low watermark but not yet visible to its read (held by a paused
+//     synchronous standby) makes the chunk deliver a stale row.
 //
 // Each scenario logs one line
 //
@@ -45,9 +53,10 @@
 // # Sizes
 //
 // By default the suite runs at CI size (10k rows, 5+1 kills, 2 restarts, 3
-// cuts, 3 takeovers, 128 MB of WAL; about 2 minutes with -race on 2 cores).
-// The full size (100k rows, 20+1 kills, 5 restarts, 10 cuts, 10 takeovers,
-// 1 GB of WAL) runs with:
+// cuts, 3 takeovers, 128 MB of WAL, a 50k-row snapshot with 2 kills; about
+// 2 minutes with -race on 2 cores). The full size (100k rows, 20+1 kills,
+// 5 restarts, 10 cuts, 10 takeovers, 1 GB of WAL, a 1M-row snapshot with 5
+// kills) runs with:
 //
 //	PGCDC_FAULT_FULL=1 go test ./internal/faulttest/ -run . -v -timeout 60m
 //

@@ -234,7 +234,8 @@ func newRecordDB(t testing.TB) string {
 		lsn      pg_lsn NOT NULL,
 		run      int NOT NULL,
 		inst     text NOT NULL,
-		at       timestamptz NOT NULL DEFAULT clock_timestamp()
+		at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+		data     text -- the row's JSON, with -record-rows (NULL for a DELETE)
 	);
 	CREATE INDEX ON seen (run);
 	CREATE INDEX ON seen (inst, id);`)

@@ -2,7 +2,10 @@
 // run as a separate process (so it can be killed with SIGKILL). It streams one
 // table through the public pgcdc API and records every event durably before
 // its handler returns: one INSERT per delivery into the table "seen" of
-// another database (not unique, so redeliveries are counted).
+// another database (not unique, so redeliveries are counted). With
+// -record-rows it records the row's JSON too (data.new; NULL for a DELETE),
+// so a test can rebuild the table from the events; with -snapshot the route
+// reads the table's existing rows first (pgcdc.WithSnapshot(SnapshotInitial)).
 //
 // SIGTERM or SIGINT shut it down gracefully (Worker.Shutdown). It exits with
 // status 0 after a graceful stop and 1 when Serve returned an error, which it
@@ -42,6 +45,8 @@ func main() {
 		failRate   = flag.Float64("fail-rate", 0, "probability that a handler call fails (before recording), to exercise retries")
 		locker     = flag.String("locker", "", `"advisory": elect the streaming instance with pgcdc.NewAdvisoryLocker on -dsn (default: the slot alone)`)
 		lockEvery  = flag.Duration("lock-interval", 200*time.Millisecond, "advisory locker retry and check interval")
+		snapshot   = flag.Bool("snapshot", false, "route with pgcdc.WithSnapshot(pgcdc.SnapshotInitial): read the table's rows first")
+		recordRows = flag.Bool("record-rows", false, "record each event's row JSON (data.new) in seen.data")
 		verbose    = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
@@ -92,6 +97,10 @@ func main() {
 	if err != nil {
 		fail(log, err)
 	}
+	var hopts []pgcdc.HandlerOption
+	if *snapshot {
+		hopts = append(hopts, pgcdc.WithSnapshot(pgcdc.SnapshotInitial))
+	}
 	w.Handle(*table, func(ec *pgcdc.EventContext) error {
 		ev := ec.Event()
 		if ev == nil {
@@ -113,11 +122,16 @@ func main() {
 		if *failRate > 0 && rand.Float64() < *failRate {
 			return fmt.Errorf("injected failure for event %s", ec.Key())
 		}
-		_, err := pool.Exec(ec.Context(), `INSERT INTO seen (event_id, tbl, action, row_id, lsn, run, inst)
-			VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7)`,
-			ev.EventID, ev.Table, ev.Action, *row.ID, ev.LSN, *run, *instance)
+		var rowJSON *string
+		if *recordRows && ev.Action != pgcdc.ActionDelete {
+			s := string(ev.Data.New)
+			rowJSON = &s
+		}
+		_, err := pool.Exec(ec.Context(), `INSERT INTO seen (event_id, tbl, action, row_id, lsn, run, inst, data)
+			VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7, $8)`,
+			ev.EventID, ev.Table, ev.Action, *row.ID, ev.LSN, *run, *instance, rowJSON)
 		return err
-	})
+	}, hopts...)
 
 	errc := make(chan error, 1)
 	go func() { errc <- w.Serve(context.Background()) }()
