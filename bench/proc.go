@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -82,8 +81,6 @@ func startConsumer(logPath string, args ...string) (*consumer, error) {
 	}()
 	return c, nil
 }
-
-func (c *consumer) pid() int { return c.cmd.Process.Pid }
 
 // next waits for the next line of type typ (other lines are skipped).
 func (c *consumer) next(typ string, timeout time.Duration) (Stats, error) {
@@ -300,4 +297,3 @@ func startRecvlogical(e *env, slot, pub string, extra ...string) (*exec.Cmd, err
 	return cmd, cmd.Start()
 }
 
-var errTimeout = errors.New("timeout")
