@@ -36,10 +36,10 @@
 //     snapshot while rows are inserted, updated and deleted across the key
 //     range; the events applied in handler order to a map rebuild the table
 //     (checksum over row_to_json of every row), and each run resumes after
-//     the recorded progress. TestSnapshotCommitVisibility (a known bug, run
-//     with PGCDC_FAULT_KNOWN_BUGS=1): a commit in the WAL before a chunk's
-//     low watermark but not yet visible to its read (held by a paused
-//     synchronous standby) makes the chunk deliver a stale row.
+//     the recorded progress. TestSnapshotCommitVisibility: a commit in
+//     the WAL before a chunk's low watermark but not yet visible to its read
+//     (held by a paused synchronous standby) must not make the chunk deliver
+//     a stale row.
 //
 // Each scenario logs one line
 //

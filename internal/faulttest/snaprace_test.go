@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -36,15 +37,10 @@ import (
 // before it becomes visible), which this test pauses. The stream must not
 // deliver the chunk's stale row after the change.
 //
-// KNOWN BUG: the watermarks alone do not close this window: the snapshot
-// delivers the stale row after the change, and the events applied in
-// handler order leave the row as it was before the update. The test runs
-// only with PGCDC_FAULT_KNOWN_BUGS=1 until that is fixed (see
-// docs/snapshots.md, Limits).
+// The watermarks alone do not close this window (the snapshot delivered
+// the stale row after the change): each chunk's read now waits for the
+// transactions in progress after its low watermark to end first.
 func TestSnapshotCommitVisibility(t *testing.T) {
-	if os.Getenv("PGCDC_FAULT_KNOWN_BUGS") == "" {
-		t.Skip("known bug: a commit already in the WAL before the low watermark but not yet visible to the chunk's read; PGCDC_FAULT_KNOWN_BUGS=1 runs it")
-	}
 	c := ownCluster(t, map[string]string{"synchronous_standby_names": "'*'"})
 	dsn := createDatabase(t, c, "vis")
 	execSQL(t, dsn, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t SELECT i, 0 FROM generate_series(1, 10) i`)
@@ -129,10 +125,17 @@ func TestSnapshotCommitVisibility(t *testing.T) {
 
 	ctx, cancel := ctxT(time.Minute)
 	defer cancel()
-	if err := w.Backfill(ctx, "t"); err != nil {
-		t.Fatal(err)
+	backfill := goAsync(func() error { return w.Backfill(ctx, "t") })
+	// The chunk's read must wait for the committed-but-invisible update to
+	// become visible (it stays so while the standby is paused): a backfill
+	// that finishes meanwhile read the row's older version.
+	if err := backfill.wait(time.Second); err == nil || !strings.Contains(err.Error(), "still running") {
+		t.Fatalf("the backfill ended (%v) while a transaction committed before its low watermark was still invisible", err)
 	}
 	if _, err := sb.Exec(context.Background(), `SELECT pg_wal_replay_resume()`); err != nil {
+		t.Fatal(err)
+	}
+	if err := backfill.wait(time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	if err := writer.wait(time.Minute); err != nil {

@@ -323,6 +323,9 @@ func (s *Source) snapshot(ctx context.Context, pool *pgxpool.Pool, req SnapshotR
 		if err := s.watermark(ctx, pool, req.Schema+"."+req.Table, id, "lo"); err != nil {
 			return fail(fmt.Errorf("snapshot of %s: %w", qname, err))
 		}
+		if err := s.waitInProgress(ctx, pool, qname); err != nil {
+			return fail(fmt.Errorf("snapshot of %s: %w", qname, err))
+		}
 		c, key, err := readChunk(ctx, pool, chunkQuery(qname, pk, req.Where, len(lastKey) > 0), lastKey, req.ChunkSize)
 		if err != nil {
 			return fail(fmt.Errorf("snapshot of %s: reading a chunk: %w", qname, err))
@@ -381,6 +384,48 @@ func readChunk(ctx context.Context, pool *pgxpool.Pool, q chunkSQL, lastKey []st
 		c.rows = append(c.rows, snapRow{key: strings.Join(key, "\x00"), part: hashKey(key, q.hashOrder), json: []byte(js)})
 	}
 	return c, key, rows.Err()
+}
+
+// waitInProgress waits until the transactions in progress now have ended.
+// PostgreSQL makes a commit visible to other sessions only after its WAL
+// record is written (and, with synchronous replication, acknowledged): a
+// change whose commit precedes the low watermark in the WAL, so that the
+// stream delivers it before the window, may still be invisible to a read
+// right after the watermark, which would then deliver the row's older
+// version after it. Every such transaction is in progress now; once they
+// all ended, the chunk's read sees them. (CREATE INDEX CONCURRENTLY waits
+// the same way.) Transactions that commit later are in the window, or
+// after it, and need no wait.
+func (s *Source) waitInProgress(ctx context.Context, pool *pgxpool.Pool, qname string) error {
+	rows, err := pool.Query(ctx, `SELECT x::text FROM pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) x`)
+	if err != nil {
+		return fmt.Errorf("reading the transactions in progress: %w", err)
+	}
+	xids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(xids) == 0 {
+		return err
+	}
+	start, warned := time.Now(), false
+	for {
+		var running int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.unnest($1::text[]) x
+			WHERE pg_catalog.pg_xact_status(x::xid8) = 'in progress'`, xids).Scan(&running); err != nil {
+			return fmt.Errorf("waiting for the transactions in progress: %w", err)
+		}
+		if running == 0 {
+			return nil
+		}
+		if !warned && time.Since(start) > 10*time.Second {
+			warned = true
+			s.cfg.Logger.Warn("pgcdc: snapshot chunk waits for transactions in progress to end (long-running write transactions delay snapshots)",
+				"source", s.cfg.Name, "table", qname, "running", running)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 func (s *Source) dropChunk(id string) {
