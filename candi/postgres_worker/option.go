@@ -182,7 +182,9 @@ func SetRetryBackoff(minWait, maxWait time.Duration) OptionFunc {
 }
 
 // SetDeadLetterTable sets the table, in each source database, where events
-// whose handler kept failing are stored (default public.pgcdc_dead_letters).
+// whose handler kept failing are stored (default: dead_letters in pgcdc's
+// schema, or public.pgcdc_dead_letters where an earlier version made it;
+// see pgcdc.SetDeadLetterTable).
 func SetDeadLetterTable(name string) OptionFunc {
 	return SetPgcdcOptions(pgcdc.SetDeadLetterTable(name))
 }

@@ -120,7 +120,25 @@ func TestEventsFlow(t *testing.T) {
 	// Tracing like candi's worker: one root span per event named
 	// PostgresEventListener, tagged table_name and action (and source_name
 	// for a named source); none for a route with DisableTrace.
+	// A span finishes just after its handler returned: wait for them.
 	var orderSpans, customerSpans, invoiceSpans int
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		orderSpans, customerSpans, invoiceSpans = 0, 0, 0
+		for _, s := range spans.finished() {
+			switch s.Tags["table_name"] {
+			case "orders":
+				orderSpans++
+			case "customers":
+				customerSpans++
+			case "invoices":
+				invoiceSpans++
+			}
+		}
+		if orderSpans >= 3 && invoiceSpans >= 1 || time.Now().After(deadline) {
+			break
+		}
+	}
+	orderSpans, customerSpans, invoiceSpans = 0, 0, 0
 	for _, s := range spans.finished() {
 		if s.Name != "PostgresEventListener" {
 			continue
@@ -206,7 +224,7 @@ func TestHandlerErrors(t *testing.T) {
 	defer conn.Close(ctx)
 	for {
 		var n int
-		err := conn.QueryRow(ctx, `SELECT count(*) FROM public.pgcdc_dead_letters WHERE error LIKE '%a is broken%'`).Scan(&n)
+		err := conn.QueryRow(ctx, `SELECT count(*) FROM pgcdc.dead_letters WHERE error LIKE '%a is broken%'`).Scan(&n)
 		if err == nil && n == 1 {
 			break
 		}

@@ -198,7 +198,7 @@ func checkSource(ctx context.Context, c *checker, cfg *Config, name string) {
 	}
 
 	if sc.DeadLetters.Enabled == nil || *sc.DeadLetters.Enabled {
-		schema, table := deadLetterTable(sc)
+		schema, table := deadLetterTable(ctx, conn, sc)
 		q, show := pgident.Qualified(schema, table), schema+"."+table
 		var exists, canCreate, canWrite bool
 		err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL,

@@ -65,7 +65,7 @@ extra: 1
 		"sinks.hook.timeout (line 14): \"5\" is not a duration",
 		"sinks.hook.retries (line 14): unknown key",
 		"sinks.f.path (line 15): missing: the file the events are appended to",
-		"sinks.q.type (line 16): unknown sink type \"carrier-pigeon\" (known: file, stdout, webhook)",
+		"sinks.q.type (line 16): unknown sink type \"carrier-pigeon\" (known: file, kafka, nats, rabbitmq, redis, stdout, webhook)",
 		"http.listen: \"nope\": want host:port",
 		"log.format: \"xml\": want text or json",
 		"log.level: \"loud\": want debug, info, warn or error",
@@ -199,8 +199,8 @@ sinks:
 	waitSlotActive(t, dsn, slotMain)
 	pgtest.Exec(t, dsn, `INSERT INTO items VALUES (1, 'a'); INSERT INTO items VALUES (2, 'b');`)
 	waitFor(t, time.Minute, "2 dead letters", func() bool {
-		return queryInt(t, dsn, `SELECT (to_regclass('pgcdc_dead_letters') IS NOT NULL)::int`) == 1 &&
-			queryInt(t, dsn, `SELECT count(*) FROM pgcdc_dead_letters`) == 2
+		return queryInt(t, dsn, `SELECT (to_regclass('pgcdc.dead_letters') IS NOT NULL)::int`) == 1 &&
+			queryInt(t, dsn, `SELECT count(*) FROM pgcdc.dead_letters`) == 2
 	})
 	if code := p.stop(t); code != 0 {
 		t.Fatalf("run exited %d", code)
@@ -223,12 +223,12 @@ sinks:
 	if code != 0 || !strings.Contains(stdout, "2 dead letter(s) delivered and removed, 0 failed again") || got.Load() != 2 {
 		t.Errorf("redeliver: exit %d, %d requests\n%s", code, got.Load(), stdout)
 	}
-	if n := queryInt(t, dsn, `SELECT count(*) FROM pgcdc_dead_letters`); n != 0 {
+	if n := queryInt(t, dsn, `SELECT count(*) FROM pgcdc.dead_letters`); n != 0 {
 		t.Errorf("%d dead letters left after redelivery", n)
 	}
-	pgtest.Exec(t, dsn, `INSERT INTO pgcdc_dead_letters (worker_type, source, route, event_id, schema_name, table_name, action, payload, error, attempts)
+	pgtest.Exec(t, dsn, `INSERT INTO pgcdc.dead_letters (worker_type, source, route, event_id, schema_name, table_name, action, payload, error, attempts)
 		VALUES ('postgres_listener', 'main', 'r', 'x', 'public', 'items', 'INSERT', '{}', 'e', 1)`)
-	if _, _, code := runCmd(t, "n\n", env, "dead-letters", "purge", "-c", cfg); code != 1 || queryInt(t, dsn, `SELECT count(*) FROM pgcdc_dead_letters`) != 1 {
+	if _, _, code := runCmd(t, "n\n", env, "dead-letters", "purge", "-c", cfg); code != 1 || queryInt(t, dsn, `SELECT count(*) FROM pgcdc.dead_letters`) != 1 {
 		t.Errorf("purge answered no: exit %d", code)
 	}
 	if stdout, _, code := runCmd(t, "", env, "dead-letters", "purge", "-c", cfg, "--yes"); code != 0 || !strings.Contains(stdout, "1 dead letter(s) deleted") {

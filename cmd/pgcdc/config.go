@@ -59,7 +59,7 @@ type RetryConfig struct {
 // DeadLetterConfig places the dead-letter table.
 type DeadLetterConfig struct {
 	Enabled *bool  `yaml:"enabled"` // default true; false retries for ever
-	Table   string `yaml:"table"`   // default public.pgcdc_dead_letters
+	Table   string `yaml:"table"`   // default: dead_letters in pgcdc's schema (see pgcdc.SetDeadLetterTable)
 }
 
 // BackoffConfig bounds the wait between reconnection attempts.

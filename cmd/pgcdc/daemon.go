@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pgcdc/pgcdc"
+	"github.com/pgcdc/pgcdc/internal/trigger"
 	"github.com/pgcdc/pgcdc/sink"
 )
 
@@ -66,13 +67,35 @@ func workerOptions(name string, sc *SourceConfig, logger *slog.Logger) []pgcdc.O
 	return opts
 }
 
-// deadLetterTable is the source's dead-letter table as schema and name.
-func deadLetterTable(sc *SourceConfig) (schema, table string) {
-	t := sc.DeadLetters.Table
-	if t == "" {
-		t = pgcdc.DefaultDeadLetterTable
+// deadLetterTable is the source's dead-letter table as schema and name, as
+// the library resolves it: the configured one; else public.pgcdc_dead_letters
+// when q (a connection to the source; nil: not looked at) shows that an
+// earlier version created it; else dead_letters in the worker's pgcdc
+// schema.
+func deadLetterTable(ctx context.Context, q interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}, sc *SourceConfig) (schema, table string) {
+	if t := sc.DeadLetters.Table; t != "" {
+		return splitTable(t)
 	}
-	return splitTable(t)
+	if q != nil {
+		var legacy bool
+		if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, pgcdc.DefaultDeadLetterTable).Scan(&legacy); err == nil && legacy {
+			return splitTable(pgcdc.DefaultDeadLetterTable)
+		}
+	}
+	return triggerSchemaOf(sc), "dead_letters"
+}
+
+// triggerSchemaOf is the worker's pgcdc schema (Worker.TriggerSchema).
+func triggerSchemaOf(sc *SourceConfig) string {
+	if sc.TriggerSchema != "" {
+		return sc.TriggerSchema
+	}
+	if wt := workerTypeOf(sc); wt != pgcdc.DefaultWorkerType {
+		return trigger.WorkerTypeSchema(wt)
+	}
+	return trigger.DefaultSchema
 }
 
 // splitTable splits "schema.table" ("table" is in public).
@@ -125,11 +148,9 @@ func resolveTables(ctx context.Context, cfg *Config, source string) (tables map[
 			conn.Close(context.Background())
 		}
 	}()
-	dlSchema, dlTable := deadLetterTable(sc)
-	trigSchema := sc.TriggerSchema
-	if trigSchema == "" {
-		trigSchema = "pgcdc"
-	}
+	dlSchema, dlTable := deadLetterTable(ctx, nil, sc)
+	legacySchema, legacyTable := splitTable(pgcdc.DefaultDeadLetterTable)
+	trigSchema := triggerSchemaOf(sc)
 	for _, r := range rules {
 		for j, pat := range cfg.Routes[r.index].Tables {
 			schema, name := splitTable(pat)
@@ -153,7 +174,7 @@ func resolveTables(ctx context.Context, cfg *Config, source string) (tables map[
 			}
 			matched := 0
 			for _, n := range names {
-				if (schema == dlSchema && n == dlTable) || schema == trigSchema {
+				if (schema == dlSchema && n == dlTable) || (schema == legacySchema && n == legacyTable) || schema == trigSchema {
 					continue
 				}
 				add(schema+"."+n, r)

@@ -130,7 +130,7 @@ func dlConn(ctx context.Context, sc *SourceConfig) (conn *pgx.Conn, qtable strin
 	if err != nil {
 		return nil, "", false, redactDSN(err)
 	}
-	schema, table := deadLetterTable(sc)
+	schema, table := deadLetterTable(ctx, conn, sc)
 	qtable = pgident.Qualified(schema, table)
 	if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, qtable).Scan(&ok); err != nil {
 		conn.Close(context.Background())

@@ -80,7 +80,7 @@ func dbFacts(ctx context.Context, name string, sc *SourceConfig, st *sourceStatu
 	default:
 		st.DBError = err.Error()
 	}
-	schema, table := deadLetterTable(sc)
+	schema, table := deadLetterTable(ctx, conn, sc)
 	var n int64
 	err = conn.QueryRow(ctx, `SELECT count(*) FROM `+pgident.Qualified(schema, table)+` WHERE worker_type = $1 AND source = $2`,
 		workerTypeOf(sc), name).Scan(&n)

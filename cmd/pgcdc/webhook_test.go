@@ -150,7 +150,7 @@ log: {format: json}
 		target.mu.Lock()
 		n := len(target.accepted)
 		target.mu.Unlock()
-		return n >= want && queryInt(t, dsn, `SELECT count(*) FROM pgcdc_dead_letters`) == 1
+		return n >= want && queryInt(t, dsn, `SELECT count(*) FROM pgcdc.dead_letters`) == 1
 	})
 
 	target.mu.Lock()
@@ -189,7 +189,7 @@ log: {format: json}
 	}
 	target.mu.Unlock()
 
-	dl := queryInt(t, dsn, `SELECT count(*) FROM pgcdc_dead_letters WHERE payload->'data'->'new'->>'id' = '99'
+	dl := queryInt(t, dsn, `SELECT count(*) FROM pgcdc.dead_letters WHERE payload->'data'->'new'->>'id' = '99'
 		AND error LIKE '%400 Bad Request%' AND error LIKE '%rejected: bad row%' AND attempts = 1`)
 	if dl != 1 {
 		t.Errorf("the event refused with 400 is not dead-lettered at once with the status and body")
@@ -201,7 +201,7 @@ log: {format: json}
 			t.Fatal(err)
 		}
 		defer conn.Close(t.Context())
-		_ = conn.QueryRow(t.Context(), `SELECT error FROM pgcdc_dead_letters`).Scan(&dlErr)
+		_ = conn.QueryRow(t.Context(), `SELECT error FROM pgcdc.dead_letters`).Scan(&dlErr)
 	}()
 	if strings.Contains(dlErr, "token=abc") {
 		t.Errorf("the dead letter's error quotes the URL's query: %s", dlErr)
