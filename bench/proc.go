@@ -296,4 +296,3 @@ func startRecvlogical(e *env, slot, pub string, extra ...string) (*exec.Cmd, err
 	fmt.Fprintf(e.log, "\n=== pg_recvlogical %s\n", strings.Join(args, " "))
 	return cmd, cmd.Start()
 }
-
