@@ -1,0 +1,301 @@
+// Package inbox keeps the transactional inbox of exactly-once handlers: one
+// small row per handled event, written in the same transaction as the
+// handler's own writes, in the target database.
+//
+// # Tables
+//
+// In a schema of the target database (default "pgcdc"):
+//
+//	inbox_streams (id int identity PRIMARY KEY, worker_type text, source text, UNIQUE (worker_type, source))
+//	inbox         (stream int, event_id uuid, lsn bigint NULL, xid bigint, PRIMARY KEY (stream, event_id))
+//
+// A stream is one (worker type, source) pair; its id keeps the per-event
+// row at about 60 bytes (a 16-byte uuid for the md5 event id, two 8-byte
+// positions) and the primary key is the only index writers maintain.
+//
+// # Recording
+//
+// Record inserts the row with ON CONFLICT DO NOTHING before the handler
+// runs: one statement both checks and records. If a concurrent transaction
+// recorded the same event (two instances of the trigger engine handling an
+// event whose claim expired), the insert waits for it and then finds the
+// row, so the handler never runs twice for one committed record.
+//
+// # Pruning
+//
+// A row is needed only while its event can still be delivered again. Each
+// engine says when that is over, so pruning asks the source, never the
+// clock (a consumer may crash after its commit and stay down for days):
+//
+//   - logical engine (lsn set): PostgreSQL resumes decoding at the slot's
+//     confirmed_flush_lsn and skips every transaction whose commit record
+//     starts below it, so rows with lsn < confirmed_flush_lsn can go;
+//   - trigger engine (lsn NULL): an event is delivered again only while its
+//     row is in the event table. Rows of the inbox visible in a snapshot
+//     taken before reading the event table, whose transaction id is below
+//     the smallest one still in the event table, can go: their event rows
+//     were deleted (acknowledged) and cannot come back.
+package inbox
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/pgcdc/pgcdc/internal/pgident"
+)
+
+// DefaultSchema is the schema of the inbox tables unless told otherwise.
+const DefaultSchema = "pgcdc"
+
+// Table names inside the schema.
+const (
+	Table   = "inbox"
+	Streams = "inbox_streams"
+)
+
+// tag is the comment on the tables. It does not start with "pgcdc " so
+// the trigger engine's Teardown (which drops the tagged objects of its
+// schema) leaves the inbox alone: it guards effects, not capture.
+const tag = "pgcdc-inbox: exactly-once records of HandleInTx; rows are pruned once their events cannot be delivered again"
+
+// Querier is what the functions need: a pool, a connection or a transaction.
+type Querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// Store is the inbox of one schema.
+type Store struct {
+	schema  string
+	table   string // qualified
+	streams string // qualified
+	record  string // the record statement
+}
+
+// New returns the store of schema ("" means DefaultSchema).
+func New(schema string) *Store {
+	if schema == "" {
+		schema = DefaultSchema
+	}
+	s := &Store{schema: schema, table: pgident.Qualified(schema, Table), streams: pgident.Qualified(schema, Streams)}
+	s.record = `INSERT INTO ` + s.table + ` (stream, event_id, lsn, xid) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`
+	return s
+}
+
+// Schema is the store's schema.
+func (s *Store) Schema() string { return s.schema }
+
+// TableName is the qualified, quoted name of the inbox table.
+func (s *Store) TableName() string { return s.table }
+
+// Ensure creates the schema and tables when missing. It only needs the
+// CREATE privilege the first time; an advisory lock serializes concurrent
+// instances.
+func (s *Store) Ensure(ctx context.Context, q Querier) error {
+	var ok bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL`, s.table, s.streams).Scan(&ok); err != nil {
+		return fmt.Errorf("inbox: looking for %s: %w", s.table, err)
+	}
+	if ok {
+		return nil
+	}
+	tx, err := q.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("inbox: creating %s: %w", s.table, err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_advisory_xact_lock($1)`, lockKey(s.schema)); err != nil {
+		return fmt.Errorf("inbox: creating %s: %w", s.table, err)
+	}
+	ddl := `CREATE SCHEMA IF NOT EXISTS ` + pgident.Quote(s.schema) + `;
+CREATE TABLE IF NOT EXISTS ` + s.streams + ` (
+	id          int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	worker_type text NOT NULL,
+	source      text NOT NULL,
+	UNIQUE (worker_type, source)
+);
+COMMENT ON TABLE ` + s.streams + ` IS ` + pgident.Literal(tag) + `;
+CREATE TABLE IF NOT EXISTS ` + s.table + ` (
+	stream   int NOT NULL,
+	event_id uuid NOT NULL,
+	lsn      bigint,
+	xid      bigint NOT NULL,
+	PRIMARY KEY (stream, event_id)
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+	autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 1000);
+COMMENT ON TABLE ` + s.table + ` IS ` + pgident.Literal(tag)
+	if _, err := tx.Exec(ctx, ddl); err != nil {
+		return fmt.Errorf("inbox: creating %s (the role needs CREATE on the database the first time, or create it beforehand): %w", s.table, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("inbox: creating %s: %w", s.table, err)
+	}
+	return nil
+}
+
+func lockKey(schema string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("pgcdc inbox\x00" + schema))
+	return int64(h.Sum64())
+}
+
+// Stream returns the id of the (workerType, source) stream, registering it
+// when new.
+func (s *Store) Stream(ctx context.Context, q Querier, workerType, source string) (int32, error) {
+	var id int32
+	err := q.QueryRow(ctx, `WITH ins AS (
+		INSERT INTO `+s.streams+` (worker_type, source) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING id)
+	SELECT id FROM ins UNION ALL SELECT id FROM `+s.streams+` WHERE worker_type = $1 AND source = $2`, workerType, source).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("inbox: registering stream (worker type %q, source %q) in %s: %w", workerType, source, s.streams, err)
+	}
+	return id, nil
+}
+
+// EventUUID turns an md5 hex event id into the inbox key.
+func EventUUID(eventID string) (pgtype.UUID, error) {
+	var u pgtype.UUID
+	if len(eventID) != 32 {
+		return u, fmt.Errorf("inbox: event id %q is not 32 hex digits", eventID)
+	}
+	if _, err := hex.Decode(u.Bytes[:], []byte(eventID)); err != nil {
+		return u, fmt.Errorf("inbox: event id %q is not 32 hex digits", eventID)
+	}
+	u.Valid = true
+	return u, nil
+}
+
+// Record records an event in tx and reports whether it is new (false: it
+// was recorded by an earlier, committed transaction, so its handler must
+// not run again). lsn 0 (trigger engine) is stored as NULL.
+func (s *Store) Record(ctx context.Context, tx pgx.Tx, stream int32, eventID string, lsn uint64, xid uint32) (bool, error) {
+	u, err := EventUUID(eventID)
+	if err != nil {
+		return false, err
+	}
+	var l *int64
+	if lsn != 0 {
+		v := int64(lsn)
+		l = &v
+	}
+	tag, err := tx.Exec(ctx, s.record, stream, u, l, int64(xid))
+	if err != nil {
+		return false, fmt.Errorf("inbox: recording event %s in %s: %w", eventID, s.table, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// Count returns the rows of a stream.
+func (s *Store) Count(ctx context.Context, q Querier, stream int32) (int64, error) {
+	var n int64
+	err := q.QueryRow(ctx, `SELECT count(*) FROM `+s.table+` WHERE stream = $1`, stream).Scan(&n)
+	return n, err
+}
+
+// SlotConfirmed reads the confirmed_flush_lsn of a logical slot of the
+// current database; ok is false when the slot does not exist (or has no
+// confirmed position yet).
+func SlotConfirmed(ctx context.Context, q Querier, slot string) (lsn uint64, ok bool, err error) {
+	var v *int64
+	err = q.QueryRow(ctx, `SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_catalog.pg_replication_slots
+		WHERE slot_name = $1 AND database = current_database()`, slot).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil || v == nil {
+		return 0, false, err
+	}
+	return uint64(*v), true, nil
+}
+
+// PruneLogical deletes the stream's rows of the logical engine below the
+// slot's confirmed position.
+func (s *Store) PruneLogical(ctx context.Context, q Querier, stream int32, confirmed uint64) (int64, error) {
+	tag, err := q.Exec(ctx, `DELETE FROM `+s.table+` WHERE stream = $1 AND lsn IS NOT NULL AND lsn < $2`, stream, int64(confirmed))
+	if err != nil {
+		return 0, fmt.Errorf("inbox: pruning %s: %w", s.table, err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// TriggerHorizon reads, from a source database, the full transaction id
+// not yet assigned (xmax of a fresh snapshot) and the smallest transaction
+// id still in the trigger engine's event table eventTable (qualified); when
+// the table is empty, pending is xmax. ok is false when the event table
+// does not exist.
+func TriggerHorizon(ctx context.Context, q Querier, eventTable string) (xmax, pending uint64, ok bool, err error) {
+	var exists bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, eventTable).Scan(&exists); err != nil {
+		return 0, 0, false, err
+	}
+	if !exists {
+		return 0, 0, false, nil
+	}
+	var x, p int64
+	err = q.QueryRow(ctx, `SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint,
+		coalesce((SELECT xid::text::bigint FROM `+eventTable+` ORDER BY xid LIMIT 1),
+			pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint)`).Scan(&x, &p)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	return uint64(x), uint64(p), true, nil
+}
+
+// TriggerPruner prunes the rows of the trigger engine in two steps: Begin
+// takes the inbox snapshot (before the caller reads the event table with
+// TriggerHorizon), Finish deletes what the horizon allows.
+type TriggerPruner struct {
+	s      *Store
+	tx     pgx.Tx
+	stream int32
+}
+
+// BeginTrigger opens a repeatable-read transaction on the target and
+// reports whether the stream has rows of the trigger engine at all (when
+// not, the pruner is already finished and the event table need not be
+// read).
+func (s *Store) BeginTrigger(ctx context.Context, q Querier, stream int32) (*TriggerPruner, bool, error) {
+	tx, err := q.Begin(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	var any bool
+	if _, err = tx.Exec(ctx, `SET TRANSACTION ISOLATION LEVEL REPEATABLE READ`); err == nil {
+		err = tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+s.table+` WHERE stream = $1 AND lsn IS NULL)`, stream).Scan(&any)
+	}
+	if err != nil || !any {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, false, err
+	}
+	return &TriggerPruner{s: s, tx: tx, stream: stream}, true, nil
+}
+
+// Finish deletes the rows, visible in the pruner's snapshot, whose full
+// transaction id (rebuilt from the 32-bit one relative to xmax, which can
+// only make it larger, never smaller) is below pending, and commits.
+func (p *TriggerPruner) Finish(ctx context.Context, xmax, pending uint64) (int64, error) {
+	defer func() { _ = p.tx.Rollback(context.WithoutCancel(ctx)) }()
+	tag, err := p.tx.Exec(ctx, `DELETE FROM `+p.s.table+` WHERE stream = $1 AND lsn IS NULL
+		AND (($2::bigint & ~4294967295::bigint) | xid) - CASE WHEN (($2::bigint & ~4294967295::bigint) | xid) >= $2::bigint THEN 4294967296 ELSE 0 END < $3::bigint`,
+		p.stream, int64(xmax), int64(pending))
+	if err != nil {
+		return 0, fmt.Errorf("inbox: pruning %s: %w", p.s.table, err)
+	}
+	if err := p.tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("inbox: pruning %s: %w", p.s.table, err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// Abort ends the pruner without deleting.
+func (p *TriggerPruner) Abort(ctx context.Context) {
+	_ = p.tx.Rollback(context.WithoutCancel(ctx))
+}
