@@ -59,7 +59,9 @@ func WithTargetDSN(dsn string) HandlerOption {
 // WithTargetPool makes a HandleInTx route run its transactions on pool
 // (default: a pool pgcdc opens on the route's source database). The caller
 // owns the pool and closes it after Serve returned; it needs a connection
-// per handler goroutine of the route (SetMaxGoroutines), plus one.
+// per handler goroutine of the route (SetMaxGoroutines), plus one. An
+// inbox transaction whose synchronous_commit is off is raised to on: a
+// commit lost in a crash after the acknowledgement would lose the effect.
 func WithTargetPool(pool *pgxpool.Pool) HandlerOption {
 	return func(c *handlerConfig) { c.inTx.pool = pool; c.inTx.set = append(c.inTx.set, "WithTargetPool") }
 }
@@ -331,6 +333,9 @@ type inTxTarget struct {
 	streams map[string]int32 // by source
 	sources map[string]bool  // sources whose records it holds (pruned)
 	prune   time.Duration
+	// restart is the slot's restart_lsn seen by the last pruning round, per
+	// source: by the next round it is surely on disk.
+	restart map[string]uint64
 }
 
 func (w *Worker) newTarget(dsn string, pool *pgxpool.Pool, schema string) *inTxTarget {
@@ -346,7 +351,8 @@ func (w *Worker) newTarget(dsn string, pool *pgxpool.Pool, schema string) *inTxT
 	if t := w.inbox.targets[key]; t != nil {
 		return t
 	}
-	t := &inTxTarget{w: w, dsn: dsn, userPool: pool, store: inbox.New(schema), streams: map[string]int32{}, sources: map[string]bool{}}
+	t := &inTxTarget{w: w, dsn: dsn, userPool: pool, store: inbox.New(schema), streams: map[string]int32{},
+		sources: map[string]bool{}, restart: map[string]uint64{}}
 	w.inbox.targets[key] = t
 	return t
 }
@@ -360,6 +366,8 @@ func (w *Worker) connConfig(dsn string) (*pgxpool.Config, error) {
 	for _, fn := range w.opt.dbOptions {
 		fn(&cfg.ConnConfig.Config)
 	}
+	// An inbox commit must be durable before the event is acknowledged.
+	cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "on"
 	return cfg, nil
 }
 
@@ -561,13 +569,22 @@ func (t *inTxTarget) pruneOnce(ctx context.Context, source string, src *pgxpool.
 		return 0, err
 	}
 	var n int64
-	// Logical engine: below the slot's confirmed position.
-	confirmed, ok, err := inbox.SlotConfirmed(ctx, src, t.w.slotName(source))
+	// Logical engine: below the slot's restart_lsn of the round before
+	// (see inbox.SlotRestart: a position already on disk).
+	restart, ok, err := inbox.SlotRestart(ctx, src, t.w.slotName(source))
 	if err != nil {
 		return 0, err
 	}
+	t.mu.Lock()
+	bound := min(t.restart[source], restart)
 	if ok {
-		d, err := t.store.PruneLogical(ctx, q, stream, confirmed)
+		t.restart[source] = restart
+	} else {
+		delete(t.restart, source)
+	}
+	t.mu.Unlock()
+	if ok && bound > 0 {
+		d, err := t.store.PruneLogical(ctx, q, stream, bound)
 		if err != nil {
 			return 0, err
 		}

@@ -28,13 +28,18 @@
 // clock (a consumer may crash after its commit and stay down for days):
 //
 //   - logical engine (lsn set): PostgreSQL resumes decoding at the slot's
-//     confirmed_flush_lsn and skips every transaction whose commit record
-//     starts below it, so rows with lsn < confirmed_flush_lsn can go;
+//     confirmed position and skips every transaction whose commit record
+//     starts below it. The confirmed position shown while streaming is not
+//     yet on disk (a server crash moves it back), but the slot's restart_lsn
+//     is saved as soon as it moves and never passes the saved confirmed
+//     position, so rows with lsn below the restart_lsn seen one pruning
+//     round earlier (by then surely saved) can go;
 //   - trigger engine (lsn NULL): an event is delivered again only while its
 //     row is in the event table. Rows of the inbox visible in a snapshot
 //     taken before reading the event table, whose transaction id is below
 //     the smallest one still in the event table, can go: their event rows
-//     were deleted (acknowledged) and cannot come back.
+//     were deleted (acknowledged), the deletes are made durable before the
+//     rows go (see TriggerHorizon), and they cannot come back.
 package inbox
 
 import (
@@ -175,7 +180,8 @@ func EventUUID(eventID string) (pgtype.UUID, error) {
 
 // Record records an event in tx and reports whether it is new (false: it
 // was recorded by an earlier, committed transaction, so its handler must
-// not run again). lsn 0 (trigger engine) is stored as NULL.
+// not run again). lsn 0 (trigger engine) is stored as NULL. It raises the
+// transaction's synchronous_commit from off to on.
 func (s *Store) Record(ctx context.Context, tx pgx.Tx, stream int32, eventID string, lsn uint64, xid uint32) (bool, error) {
 	u, err := EventUUID(eventID)
 	if err != nil {
@@ -186,7 +192,21 @@ func (s *Store) Record(ctx context.Context, tx pgx.Tx, stream int32, eventID str
 		v := int64(lsn)
 		l = &v
 	}
-	tag, err := tx.Exec(ctx, s.record, stream, u, l, int64(xid))
+	// The commit must be durable before the event is acknowledged: with
+	// synchronous_commit off, a crash could lose the record and the effect
+	// after the source confirmed the event. One round trip for both.
+	b := &pgx.Batch{}
+	b.Queue(`SELECT pg_catalog.set_config('synchronous_commit', 'on', true) WHERE pg_catalog.current_setting('synchronous_commit') = 'off'`)
+	b.Queue(s.record, stream, u, l, int64(xid))
+	br := tx.SendBatch(ctx, b)
+	_, err = br.Exec()
+	var tag pgconn.CommandTag
+	if err == nil {
+		tag, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return false, fmt.Errorf("inbox: recording event %s in %s: %w", eventID, s.table, err)
 	}
@@ -200,12 +220,23 @@ func (s *Store) Count(ctx context.Context, q Querier, stream int32) (int64, erro
 	return n, err
 }
 
-// SlotConfirmed reads the confirmed_flush_lsn of a logical slot of the
-// current database; ok is false when the slot does not exist (or has no
-// confirmed position yet).
-func SlotConfirmed(ctx context.Context, q Querier, slot string) (lsn uint64, ok bool, err error) {
+// SlotRestart reads the restart_lsn of a logical slot of the current
+// database; ok is false when the slot does not exist (or has no restart
+// position).
+//
+// The confirmed_flush_lsn that pg_replication_slots shows is the
+// walsender's memory: it reaches disk only at the next checkpoint, so after
+// a server crash the slot goes back to an older confirmed position and
+// transactions below the one shown are decoded again. restart_lsn is saved
+// to disk as soon as it moves, together with a confirmed position at or
+// above it (PostgreSQL moves it only once the client confirmed past the
+// point that makes it valid), so every transaction whose commit starts
+// below a restart_lsn that was on disk stays skipped, crash or not. It
+// trails the confirmed position by about one running-transactions record
+// (written every 15 s while the server is busy).
+func SlotRestart(ctx context.Context, q Querier, slot string) (lsn uint64, ok bool, err error) {
 	var v *int64
-	err = q.QueryRow(ctx, `SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_catalog.pg_replication_slots
+	err = q.QueryRow(ctx, `SELECT (restart_lsn - '0/0'::pg_lsn)::bigint FROM pg_catalog.pg_replication_slots
 		WHERE slot_name = $1 AND database = current_database()`, slot).Scan(&v)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false, nil
@@ -216,10 +247,11 @@ func SlotConfirmed(ctx context.Context, q Querier, slot string) (lsn uint64, ok 
 	return uint64(*v), true, nil
 }
 
-// PruneLogical deletes the stream's rows of the logical engine below the
-// slot's confirmed position.
-func (s *Store) PruneLogical(ctx context.Context, q Querier, stream int32, confirmed uint64) (int64, error) {
-	tag, err := q.Exec(ctx, `DELETE FROM `+s.table+` WHERE stream = $1 AND lsn IS NOT NULL AND lsn < $2`, stream, int64(confirmed))
+// PruneLogical deletes the stream's rows of the logical engine whose commit
+// LSN is below bound: a restart_lsn of the slot known to be on disk (see
+// SlotRestart).
+func (s *Store) PruneLogical(ctx context.Context, q Querier, stream int32, bound uint64) (int64, error) {
+	tag, err := q.Exec(ctx, `DELETE FROM `+s.table+` WHERE stream = $1 AND lsn IS NOT NULL AND lsn < $2`, stream, int64(bound))
 	if err != nil {
 		return 0, fmt.Errorf("inbox: pruning %s: %w", s.table, err)
 	}
@@ -227,10 +259,17 @@ func (s *Store) PruneLogical(ctx context.Context, q Querier, stream int32, confi
 }
 
 // TriggerHorizon reads, from a source database, the full transaction id
-// not yet assigned (xmax of a fresh snapshot) and the smallest transaction
-// id still in the trigger engine's event table eventTable (qualified); when
+// not yet assigned (xmax of its snapshot) and the smallest transaction id
+// still in the trigger engine's event table eventTable (qualified); when
 // the table is empty, pending is xmax. ok is false when the event table
 // does not exist.
+//
+// The trigger engine deletes delivered rows with synchronous_commit off, so
+// a delete it sees may still be lost in a server crash (the row, and its
+// event, would come back). TriggerHorizon therefore commits a transaction
+// of its own with synchronous_commit on after reading: its commit record
+// follows the commits of every delete it saw, and PostgreSQL flushes the
+// WAL in order, so once it returns those deletes are durable.
 func TriggerHorizon(ctx context.Context, q Querier, eventTable string) (xmax, pending uint64, ok bool, err error) {
 	var exists bool
 	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, eventTable).Scan(&exists); err != nil {
@@ -239,10 +278,21 @@ func TriggerHorizon(ctx context.Context, q Querier, eventTable string) (xmax, pe
 	if !exists {
 		return 0, 0, false, nil
 	}
+	tx, err := q.Begin(ctx)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	var x, p int64
-	err = q.QueryRow(ctx, `SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint,
+	// An xid makes the commit write (and flush) a commit record.
+	if _, err = tx.Exec(ctx, `SET LOCAL synchronous_commit = on; SELECT pg_catalog.pg_current_xact_id()`); err == nil {
+		err = tx.QueryRow(ctx, `SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint,
 		coalesce((SELECT xid::text::bigint FROM `+eventTable+` ORDER BY xid LIMIT 1),
 			pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint)`).Scan(&x, &p)
+	}
+	if err == nil {
+		err = tx.Commit(ctx) // flushes the WAL up to here: the deletes seen are durable
+	}
 	if err != nil {
 		return 0, 0, false, err
 	}

@@ -127,12 +127,12 @@ func TestPruneLogical(t *testing.T) {
 	record(t, pool, s, stream, 9, 0, 1) // a trigger-engine record: not the logical rule's
 	n, err := s.PruneLogical(t.Context(), pool, stream, 200)
 	if err != nil || n != 1 {
-		t.Fatalf("PruneLogical = %d, %v; want 1 (strictly below the confirmed position)", n, err)
+		t.Fatalf("PruneLogical = %d, %v; want 1 (strictly below the bound)", n, err)
 	}
 	if got := remaining(t, pool, s); !slices.Equal(got, []string{eid(1), eid(2), eid(9)}) {
 		t.Errorf("remaining %v", got)
 	}
-	if _, ok, err := inbox.SlotConfirmed(t.Context(), pool, "no_such_slot"); ok || err != nil {
+	if _, ok, err := inbox.SlotRestart(t.Context(), pool, "no_such_slot"); ok || err != nil {
 		t.Errorf("SlotConfirmed of a missing slot = %v, %v", ok, err)
 	}
 }
