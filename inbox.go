@@ -717,6 +717,7 @@ func (cm *committer) once(group []*inTxReq) (bad int, err error) {
 		return -1, fmt.Errorf("inbox: begin on the target database: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	evs := make([]inbox.Event, len(group))
 	for i, req := range group {
 		rt, err := cm.r.target(req.source)
 		if err != nil {
@@ -729,11 +730,15 @@ func (cm *committer) once(group []*inTxReq) (bad int, err error) {
 		if err != nil {
 			return -1, err
 		}
-		fresh, err := t.store.Record(ctx, tx, stream, req.c.EventID, req.c.LSN, req.c.XID)
-		if err != nil {
-			return -1, err
-		}
-		if !fresh {
+		evs[i] = inbox.Event{Stream: stream, EventID: req.c.EventID, LSN: req.c.LSN, XID: req.c.XID}
+	}
+	// Every record in one round trip, then the handlers in order.
+	fresh, err := t.store.RecordAll(ctx, tx, evs)
+	if err != nil {
+		return -1, err
+	}
+	for i, req := range group {
+		if !fresh[i] {
 			cm.r.skipped(req.c)
 			continue
 		}

@@ -127,6 +127,7 @@ func TestExactlyOnceKill(t *testing.T) {
 				t.Fatalf("fault %d: start: %v", i, err)
 			}
 			cancel()
+			src.Reset() // its connections died with the server
 			t.Logf("fault %d: PostgreSQL restarted (immediate) after %s of load", i, time.Since(loadStart).Round(time.Millisecond))
 			continue
 		}

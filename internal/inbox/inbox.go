@@ -178,39 +178,61 @@ func EventUUID(eventID string) (pgtype.UUID, error) {
 	return u, nil
 }
 
+// Event identifies one recorded event.
+type Event struct {
+	Stream  int32
+	EventID string // md5 hex
+	LSN     uint64 // commit LSN; 0 (trigger engine) is stored as NULL
+	XID     uint32
+}
+
 // Record records an event in tx and reports whether it is new (false: it
 // was recorded by an earlier, committed transaction, so its handler must
-// not run again). lsn 0 (trigger engine) is stored as NULL. It raises the
-// transaction's synchronous_commit from off to on.
+// not run again). It raises the transaction's synchronous_commit from off
+// to on.
 func (s *Store) Record(ctx context.Context, tx pgx.Tx, stream int32, eventID string, lsn uint64, xid uint32) (bool, error) {
-	u, err := EventUUID(eventID)
+	fresh, err := s.RecordAll(ctx, tx, []Event{{Stream: stream, EventID: eventID, LSN: lsn, XID: xid}})
 	if err != nil {
 		return false, err
 	}
-	var l *int64
-	if lsn != 0 {
-		v := int64(lsn)
-		l = &v
-	}
-	// The commit must be durable before the event is acknowledged: with
-	// synchronous_commit off, a crash could lose the record and the effect
-	// after the source confirmed the event. One round trip for both.
+	return fresh[0], nil
+}
+
+// RecordAll records events in tx in one round trip and reports, for each,
+// whether it is new; see Record.
+func (s *Store) RecordAll(ctx context.Context, tx pgx.Tx, events []Event) ([]bool, error) {
+	// The commit must be durable before the events are acknowledged: with
+	// synchronous_commit off, a crash could lose the records and the
+	// effects after the source confirmed the events.
 	b := &pgx.Batch{}
 	b.Queue(`SELECT pg_catalog.set_config('synchronous_commit', 'on', true) WHERE pg_catalog.current_setting('synchronous_commit') = 'off'`)
-	b.Queue(s.record, stream, u, l, int64(xid))
+	for _, e := range events {
+		u, err := EventUUID(e.EventID)
+		if err != nil {
+			return nil, err
+		}
+		var l *int64
+		if e.LSN != 0 {
+			v := int64(e.LSN)
+			l = &v
+		}
+		b.Queue(s.record, e.Stream, u, l, int64(e.XID))
+	}
 	br := tx.SendBatch(ctx, b)
-	_, err = br.Exec()
-	var tag pgconn.CommandTag
-	if err == nil {
+	fresh := make([]bool, len(events))
+	_, err := br.Exec()
+	for i := 0; err == nil && i < len(events); i++ {
+		var tag pgconn.CommandTag
 		tag, err = br.Exec()
+		fresh[i] = tag.RowsAffected() == 1
 	}
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return false, fmt.Errorf("inbox: recording event %s in %s: %w", eventID, s.table, err)
+		return nil, fmt.Errorf("inbox: recording %d event(s) in %s: %w", len(events), s.table, err)
 	}
-	return tag.RowsAffected() == 1, nil
+	return fresh, nil
 }
 
 // Count returns the rows of a stream.
