@@ -72,7 +72,10 @@ func WithTargetPool(pool *pgxpool.Pool) HandlerOption {
 // maxWait for more (0: only the calls already waiting). Each handler
 // goroutine still has one event at a time in flight and learns its result
 // after the commit, so the changes of one row stay in order; the larger
-// SetMaxGoroutines (or WithMaxGoroutines), the larger the groups. When one
+// SetMaxGoroutines (or WithMaxGoroutines), the larger the groups. A group's
+// handlers run one after the other on its connection, so the route runs
+// one group transaction at a time per max of its goroutines (64 goroutines
+// with max 16: four at a time). When one
 // handler call fails, the group is rolled back, that event is retried as
 // usual and the other events are run again in a new transaction (their
 // handler is called again; only the committed call has an effect).
@@ -117,7 +120,6 @@ type inboxRegistry struct {
 type inTxRoute struct {
 	w      *Worker
 	route  string // "" for HandleTxInTx
-	source string // the route's source, resolved at Serve ("" with HandleTxInTx: any)
 	opt    inTxOptions
 	lanes  int
 	err    error
@@ -468,8 +470,11 @@ func (w *Worker) startInbox(ctx context.Context) func() {
 			r.commit = cm
 			r.cmMu.Unlock()
 			committers = append(committers, cm)
-			wg.Add(1)
-			go func() { defer wg.Done(); cm.run() }()
+			// One transaction at a time per max goroutines of the route.
+			for range (r.lanes + r.opt.batch - 1) / r.opt.batch {
+				wg.Add(1)
+				go func() { defer wg.Done(); cm.run() }()
+			}
 		}
 	}
 	used := map[string]bool{}

@@ -21,7 +21,7 @@ import (
 // projection row per event (INSERT ... ON CONFLICT DO UPDATE) in the source
 // database: a plain handler (one autocommit statement per event), HandleInTx
 // (one transaction per event with its inbox record) and HandleInTx with
-// WithInTxBatch(64, 0) (group commit). It reports events/s of each and the
+// WithInTxBatch(16, 0) (group commit). It reports events/s of each and the
 // ratios to the plain handler. Every commit is durable (fsync on,
 // synchronous_commit on) unless PGCDC_BENCH_FSYNC=off. PGCDC_BENCH_EVENTS
 // sets the backlog (default 20000).
@@ -31,6 +31,14 @@ func BenchmarkInTx(b *testing.B) {
 	events := 20000
 	if v, err := strconv.Atoi(os.Getenv("PGCDC_BENCH_EVENTS")); err == nil && v > 0 {
 		events = v
+	}
+	goroutines := 8
+	if v, err := strconv.Atoi(os.Getenv("PGCDC_BENCH_GOROUTINES")); err == nil && v > 0 {
+		goroutines = v
+	}
+	batchWait := time.Duration(0)
+	if v, err := time.ParseDuration(os.Getenv("PGCDC_BENCH_BATCH_WAIT")); err == nil {
+		batchWait = v
 	}
 	settings := map[string]string{"fsync": "on", "synchronous_commit": "on"}
 	if os.Getenv("PGCDC_BENCH_FSYNC") == "off" {
@@ -100,11 +108,11 @@ func BenchmarkInTx(b *testing.B) {
 			})
 		}},
 		{"inbox", "bench_inbox", "proj_inbox", inTx()},
-		{"inbox_batch64", "bench_batch", "proj_batch", inTx(pgcdc.WithInTxBatch(64, 0))},
+		{"inbox_batch16", "bench_batch", "proj_batch", inTx(pgcdc.WithInTxBatch(16, batchWait))},
 	}
 	run := func(v variant, wantEvents int) time.Duration {
 		var done atomic.Int64
-		w, err := pgcdc.NewWorker(pgcdc.SetPostgresDSN(dsn), pgcdc.SetWorkerType(v.wt), pgcdc.SetMaxGoroutines(8),
+		w, err := pgcdc.NewWorker(pgcdc.SetPostgresDSN(dsn), pgcdc.SetWorkerType(v.wt), pgcdc.SetMaxGoroutines(goroutines),
 			pgcdc.SetLogger(testLoggerB(b)))
 		if err != nil {
 			b.Fatal(err)
@@ -166,10 +174,10 @@ func BenchmarkInTx(b *testing.B) {
 		b.ReportMetric(rates[v.name], v.name+"_ev/s")
 	}
 	b.ReportMetric(rates["inbox"]/rates["plain"], "inbox/plain")
-	b.ReportMetric(rates["inbox_batch64"]/rates["plain"], "batch/plain")
-	b.Logf("%d events, fsync %s: plain %.0f ev/s, inbox %.0f ev/s (%.2f×), inbox+batch64 %.0f ev/s (%.2f×)",
-		events, settings["fsync"], rates["plain"], rates["inbox"], rates["inbox"]/rates["plain"],
-		rates["inbox_batch64"], rates["inbox_batch64"]/rates["plain"])
+	b.ReportMetric(rates["inbox_batch16"]/rates["plain"], "batch/plain")
+	b.Logf("%d events, %d goroutines, fsync %s: plain %.0f ev/s, inbox %.0f ev/s (%.2f×), inbox+batch16 %.0f ev/s (%.2f×)",
+		events, goroutines, settings["fsync"], rates["plain"], rates["inbox"], rates["inbox"]/rates["plain"],
+		rates["inbox_batch16"], rates["inbox_batch16"]/rates["plain"])
 }
 
 // testLoggerB is testLogger for benchmarks.
