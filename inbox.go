@@ -118,11 +118,11 @@ type inboxRegistry struct {
 
 // inTxRoute is one HandleInTx (or HandleTxInTx) registration.
 type inTxRoute struct {
-	w      *Worker
-	route  string // "" for HandleTxInTx
-	opt    inTxOptions
-	lanes  int
-	err    error
+	w     *Worker
+	route string // "" for HandleTxInTx
+	opt   inTxOptions
+	lanes int
+	err   error
 
 	mu      sync.Mutex
 	targets map[string]*inTxTarget // by source name when the target is the source
