@@ -45,12 +45,13 @@ func counterSum(ctx context.Context, p *pgxpool.Pool, table string) (int64, []in
 	return sum, per, rows.Err()
 }
 
-// TestExactlyOnceKill runs two consumer processes on one table, each with
-// its own slot: one increments a counter row per event through the inbox
-// (HandleInTx, a tenth of a percent of its calls failing after the write),
-// the other does the same UPDATE with a plain handler. Both are killed with
+// TestExactlyOnceKill runs three consumer processes on one table, each
+// with its own slot: two increment a counter row per event through the
+// inbox (HandleInTx, a tenth of a percent of their calls failing after the
+// write; one of them with group commit, WithInTxBatch(4, 0)), the third
+// does the same UPDATE with a plain handler. All are killed with
 // SIGKILL at random points and PostgreSQL is restarted in immediate mode
-// while rows are written. At the end the inbox counters must equal the
+// while rows are written. At the end both inbox counters must equal the
 // number of rows exactly, per counter row; the plain counters may only be
 // above (at-least-once), and the test reports by how much.
 func TestExactlyOnceKill(t *testing.T) {
@@ -61,26 +62,33 @@ func TestExactlyOnceKill(t *testing.T) {
 	execSQL(t, dsn, `CREATE TABLE rows (id bigint PRIMARY KEY, kind text, pad text);
 		CREATE TABLE counts_inbox (k int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
 		CREATE TABLE counts_plain (k int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+		CREATE TABLE counts_batch (k int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
 		INSERT INTO counts_inbox (k) SELECT g FROM generate_series(0, 15) g;
+		INSERT INTO counts_batch (k) SELECT g FROM generate_series(0, 15) g;
 		INSERT INTO counts_plain (k) SELECT g FROM generate_series(0, 15) g;`)
 	src := newPool(t, dsn)
 	bin := buildConsumer(t)
 
 	type consumer struct {
-		mode, wt, table string
-		run             int
+		name, mode, wt, table string
+		batch                 int
+		run                   int
 		cur             *proc
 	}
-	cons := []*consumer{{mode: "inbox", wt: "ft_eo_inbox", table: "counts_inbox"}, {mode: "plain", wt: "ft_eo_plain", table: "counts_plain"}}
+	cons := []*consumer{
+		{name: "inbox", mode: "inbox", wt: "ft_eo_inbox", table: "counts_inbox"},
+		{name: "batch", mode: "inbox", wt: "ft_eo_batch", table: "counts_batch", batch: 4},
+		{name: "plain", mode: "plain", wt: "ft_eo_plain", table: "counts_plain"},
+	}
 	start := func(cn *consumer) {
 		cn.run++
 		args := []string{"-dsn", dsn, "-table", "rows", "-worker-type", cn.wt, "-run", strconv.Itoa(cn.run),
-			"-instance", cn.mode, "-goroutines", "8", "-min-reconnect", "50ms", "-max-reconnect", "1s",
+			"-instance", cn.name, "-goroutines", "8", "-batch", strconv.Itoa(cn.batch), "-min-reconnect", "50ms", "-max-reconnect", "1s",
 			"-count", cn.mode, "-count-table", cn.table, "-prune", "200ms"}
 		if cn.mode == "inbox" {
 			args = append(args, "-fail-rate", "0.001")
 		}
-		cn.cur = startConsumer(t, bin, fmt.Sprintf("%s-run%02d", cn.mode, cn.run), args...)
+		cn.cur = startConsumer(t, bin, fmt.Sprintf("%s-run%02d", cn.name, cn.run), args...)
 	}
 	for _, cn := range cons {
 		start(cn)
@@ -108,7 +116,7 @@ func TestExactlyOnceKill(t *testing.T) {
 		waitUntil(t, 3*time.Minute, 10*time.Millisecond, fmt.Sprintf("fault %d at %d counted events", i, f.at), func(ctx context.Context) (bool, error) {
 			for _, cn := range cons {
 				if cn.cur.exited() {
-					return false, fmt.Errorf("%s consumer run %d exited: %v\n%s", cn.mode, cn.run, cn.cur.err, cn.cur.tail(2000))
+					return false, fmt.Errorf("%s consumer run %d exited: %v\n%s", cn.name, cn.run, cn.cur.err, cn.cur.tail(2000))
 				}
 			}
 			sum, _, err := counterSum(ctx, src, "counts_inbox")
@@ -131,7 +139,7 @@ func TestExactlyOnceKill(t *testing.T) {
 			t.Logf("fault %d: PostgreSQL restarted (immediate) after %s of load", i, time.Since(loadStart).Round(time.Millisecond))
 			continue
 		}
-		// Kill both consumers, each at its own random instant.
+		// Kill every consumer, each at its own random instant.
 		for _, cn := range cons {
 			time.Sleep(time.Duration(rng.Int64N(int64(10 * time.Millisecond))))
 			cn.cur.kill()
@@ -140,7 +148,7 @@ func TestExactlyOnceKill(t *testing.T) {
 			waitSlotActive(t, src, slotName(cn.wt), false)
 			start(cn)
 		}
-		t.Logf("fault %d: both consumers killed after %s of load", i, time.Since(loadStart).Round(time.Millisecond))
+		t.Logf("fault %d: all consumers killed after %s of load", i, time.Since(loadStart).Round(time.Millisecond))
 	}
 
 	waitUntil(t, 5*time.Minute, 20*time.Millisecond, fmt.Sprintf("%d rows written", sz.rows), func(context.Context) (bool, error) {
@@ -184,6 +192,13 @@ func TestExactlyOnceKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	baSum, baPer, err := counterSum(ctx, src, "counts_batch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if baSum != int64(len(written)) || !slices.Equal(baPer, want) {
+		t.Errorf("EXACTLY-ONCE BROKEN (group commit): inbox counters sum to %d for %d rows; per key %v, want %v", baSum, len(written), baPer, want)
+	}
 	plSum, plPer, err := counterSum(ctx, src, "counts_plain")
 	if err != nil {
 		t.Fatal(err)
@@ -197,6 +212,6 @@ func TestExactlyOnceKill(t *testing.T) {
 		}
 	}
 	over := plSum - int64(len(written))
-	t.Logf("FIGURES scenario=exactly_once rows=%d kills=%d pg_restarts=%d inbox_count=%d plain_count=%d plain_overcount=%d (%.2f%%)",
-		len(written), sz.kills, sz.restarts, inSum, plSum, over, 100*float64(over)/float64(max(len(written), 1)))
+	t.Logf("FIGURES scenario=exactly_once rows=%d kills=%d pg_restarts=%d inbox_count=%d inbox_batch_count=%d plain_count=%d plain_overcount=%d (%.2f%%)",
+		len(written), sz.kills, sz.restarts, inSum, baSum, plSum, over, 100*float64(over)/float64(max(len(written), 1)))
 }
