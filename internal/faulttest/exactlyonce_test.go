@@ -73,7 +73,7 @@ func TestExactlyOnceKill(t *testing.T) {
 		name, mode, wt, table string
 		batch                 int
 		run                   int
-		cur             *proc
+		cur                   *proc
 	}
 	cons := []*consumer{
 		{name: "inbox", mode: "inbox", wt: "ft_eo_inbox", table: "counts_inbox"},
