@@ -100,7 +100,7 @@ func WithInboxPruneInterval(d time.Duration) HandlerOption {
 
 func markInTx() HandlerOption { return func(c *handlerConfig) { c.inTx.registered = true } }
 
-// inTxMisuse reports inbox options given to a route not registered with
+// misuse reports inbox options given to a route not registered with
 // HandleInTx (called by plan).
 func (o *inTxOptions) misuse(route string) error {
 	if o.registered || len(o.set) == 0 {
