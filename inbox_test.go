@@ -304,3 +304,62 @@ func TestInTxOptionErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestInTxTriggerRecordOutlivesCrash is TestInTxRecordOutlivesCrash for
+// the trigger engine: the event rows a first worker handled (and deleted)
+// are put back, as a crash after the inbox commits and before the deletes
+// would leave them; the next worker claims them again and skips them.
+func TestInTxTriggerRecordOutlivesCrash(t *testing.T) {
+	m := modes[1]
+	dsn := pgtest.NewDatabase(t)
+	exec(t, dsn, `CREATE TABLE src (id int PRIMARY KEY); CREATE TABLE counts (id int PRIMARY KEY, n int NOT NULL)`)
+	handler := func(calls *atomic.Int64) pgcdc.InTxFunc {
+		return func(ec *pgcdc.EventContext, tx pgx.Tx) error {
+			calls.Add(1)
+			var row struct{ ID int }
+			if err := ec.Event().Data.DecodeNew(&row); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ec.Context(), `INSERT INTO counts VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET n = counts.n + 1`, row.ID)
+			return err
+		}
+	}
+	var first atomic.Int64
+	w := m.newWorker(t, pgcdc.SetPostgresDSN(dsn))
+	w.HandleInTx("src", handler(&first), pgcdc.WithInboxPruneInterval(time.Hour))
+	r := serve(t, w)
+	m.ready(t, dsn, defaultSlot, 1)
+	// Keep a copy of every event row.
+	exec(t, dsn, `CREATE TABLE bk (LIKE pgcdc.events);
+		CREATE FUNCTION bk_copy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO bk SELECT NEW.*; RETURN NULL; END $$;
+		CREATE TRIGGER bk_copy AFTER INSERT ON pgcdc.events FOR EACH ROW EXECUTE FUNCTION bk_copy()`)
+	for i := 1; i <= 5; i++ {
+		exec(t, dsn, `INSERT INTO src VALUES ($1)`, i)
+	}
+	waitQuery(t, dsn, `SELECT coalesce(sum(n), 0) = $1 FROM counts`, 5)
+	m.settled(t, dsn, defaultSlot)
+	r.stop(t)
+	// Put the handled events back, unclaimed.
+	exec(t, dsn, `DROP TRIGGER bk_copy ON pgcdc.events;
+		INSERT INTO pgcdc.events (id, schema_name, table_name, action, row_key, old, new, xid, tx_time)
+		OVERRIDING SYSTEM VALUE SELECT id, schema_name, table_name, action, row_key, old, new, xid, tx_time FROM bk`)
+	if n := queryInt(t, dsn, `SELECT count(*) FROM pgcdc.events`); n != 5 {
+		t.Fatalf("%d event rows put back, want 5", n)
+	}
+
+	var second atomic.Int64
+	w2 := m.newWorker(t, pgcdc.SetPostgresDSN(dsn))
+	w2.HandleInTx("src", handler(&second), pgcdc.WithInboxPruneInterval(20*time.Millisecond))
+	serve(t, w2)
+	m.settled(t, dsn, defaultSlot) // the five are claimed again and deleted
+	exec(t, dsn, `INSERT INTO src VALUES (6)`)
+	waitQuery(t, dsn, `SELECT coalesce(sum(n), 0) >= $1 FROM counts`, 6)
+	m.settled(t, dsn, defaultSlot)
+	if got := queryStrings(t, dsn, `SELECT string_agg(id || ':' || n, ' ' ORDER BY id) FROM counts`)[0]; got != "1:1 2:1 3:1 4:1 5:1 6:1" {
+		t.Errorf("counts = %s, want each row once", got)
+	}
+	if first.Load() != 5 || second.Load() != 1 {
+		t.Errorf("handler ran %d then %d times, want 5 then 1 (the five put back were recorded)", first.Load(), second.Load())
+	}
+	waitInboxEmpty(t, dsn, dsn)
+}
