@@ -27,6 +27,7 @@ type handlerConfig struct {
 	truncate      bool
 	filter        filter
 	snapshot      SnapshotMode
+	inTx          inTxOptions // HandleInTx settings (inbox.go)
 }
 
 // WithMaxGoroutines overrides SetMaxGoroutines for one route (1 to
@@ -85,6 +86,8 @@ type Worker struct {
 	hard    context.CancelFunc
 	sources map[string]engine
 	obs     map[string]*observe.Source // per source: what Status and the hooks report
+
+	inbox inboxRegistry // HandleInTx routes (inbox.go)
 
 	txHandler TxHandlerFunc
 	txRoutes  []string
@@ -181,6 +184,7 @@ func (w *Worker) Serve(ctx context.Context) error {
 	w.mu.Unlock()
 	defer close(w.done)
 	defer hard()
+	defer w.startInbox(hardCtx)() // after every handler returned
 
 	// One failing source stops the others gracefully.
 	stopAll := make(chan struct{})
@@ -363,6 +367,9 @@ func (w *Worker) plan() ([]logical.Config, error) {
 			bad("route %q: %s", h.route, msg)
 			continue
 		}
+		if err := hc.inTx.misuse(h.route); err != nil {
+			problems = append(problems, err)
+		}
 		if hc.maxGoroutines < 1 || hc.maxGoroutines > MaxGoroutinesLimit || hc.maxRetries < 0 {
 			bad("route %q: WithMaxGoroutines must be from 1 to %d and WithMaxRetries not negative", h.route, MaxGoroutinesLimit)
 			continue
@@ -396,6 +403,7 @@ func (w *Worker) plan() ([]logical.Config, error) {
 	if len(out) == 0 && len(problems) == 0 {
 		bad("no route: register handlers with Handle or Mount before Serve")
 	}
+	problems = append(problems, w.inboxProblems()...)
 	if err := errors.Join(problems...); err != nil {
 		return nil, err
 	}
