@@ -21,6 +21,26 @@ func TestValidateExample(t *testing.T) {
 	}
 }
 
+// TestValidateReadmeExample: the configuration in the README's "Run as a
+// service" section is valid.
+func TestValidateReadmeExample(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(readme), "## Run as a service")
+	_, block, ok := strings.Cut(section, "```yaml\n")
+	block, _, ok2 := strings.Cut(block, "```")
+	if !ok || !ok2 {
+		t.Fatal("no yaml block in the README's 'Run as a service' section")
+	}
+	cfg := writeConfig(t, block)
+	env := []string{"PG_DSN=postgres://u@h/db", "WEBHOOK_SECRET=s"}
+	if stdout, stderr, code := runCmd(t, "", env, "validate", "-c", cfg); code != 0 || !strings.Contains(stdout, "valid") {
+		t.Fatalf("validate the README's example: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
 // TestValidateReportsEveryProblem: a bad file gets one line per problem,
 // each with its path, and exit status 1.
 func TestValidateReportsEveryProblem(t *testing.T) {
