@@ -143,8 +143,8 @@ type table struct {
 	route Route
 	// lanes are made on first use (see lane), so a route with many lanes
 	// and few keys costs only what it uses.
-	lanes  []*lane
-	laneMu sync.Mutex // guards making lanes
+	lanes  []atomic.Pointer[lane]
+	laneMu sync.Mutex // serialises making lanes
 	// cost is a moving average of the handler's run time in nanoseconds;
 	// only handlers cheaper than directMax run on the sender's goroutine.
 	cost atomic.Int64
@@ -212,7 +212,7 @@ func (d *Dispatcher) Add(schema, tableName string, r Route) {
 	if r.Lanes < 1 {
 		r.Lanes = 1
 	}
-	d.tables[schema+"."+tableName] = &table{route: r, lanes: make([]*lane, r.Lanes)}
+	d.tables[schema+"."+tableName] = &table{route: r, lanes: make([]atomic.Pointer[lane], r.Lanes)}
 }
 
 // IsTx reports whether the change's table is grouped per transaction.
@@ -251,9 +251,12 @@ func (d *Dispatcher) route(c *change.Change) (*table, *lane) {
 // most 16 lanes; with more, 16×QueueSize shared among them (at least 256
 // each): many lanes do not multiply the memory a table's queues take.
 func (d *Dispatcher) lane(t *table, i int) *lane {
+	if l := t.lanes[i].Load(); l != nil {
+		return l
+	}
 	t.laneMu.Lock()
 	defer t.laneMu.Unlock()
-	if l := t.lanes[i]; l != nil {
+	if l := t.lanes[i].Load(); l != nil {
 		return l
 	}
 	size := d.cfg.QueueSize
@@ -261,7 +264,7 @@ func (d *Dispatcher) lane(t *table, i int) *lane {
 		size = max(256, 16*d.cfg.QueueSize/n)
 	}
 	l := &lane{ch: make(chan item, size)}
-	t.lanes[i] = l
+	t.lanes[i].Store(l)
 	if !t.route.Tx {
 		d.wg.Add(1)
 		go d.run(d.ctx, t, l)
@@ -412,10 +415,11 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 		}
 		for _, t := range d.tables {
 			t.laneMu.Lock()
-			for i, l := range t.lanes {
+			for i := range t.lanes {
+				l := t.lanes[i].Load()
 				if l == nil { // never used: a closed lane stops late senders
 					l = &lane{ch: make(chan item)}
-					t.lanes[i] = l
+					t.lanes[i].Store(l)
 				}
 				close(l.ch)
 			}
