@@ -361,3 +361,35 @@ func TestPartitionedTablesTrigger(t *testing.T) {
 		t.Fatalf("routing a partitioned table and its partition: %v", err)
 	}
 }
+
+// EventContext.KeyColumns names the primary key in key order, in both
+// engines, for the sinks that key records by it.
+func TestKeyColumns(t *testing.T) {
+	forEachMode(t, func(t *testing.T, m mode) {
+		dsn := pgtest.NewDatabase(t)
+		exec(t, dsn, `CREATE TABLE k (v int, region text, id int, PRIMARY KEY (id, region)); CREATE TABLE nk (v int); ALTER TABLE nk REPLICA IDENTITY FULL`)
+		keys := make(chan string, 4)
+		w := m.newWorker(t, pgcdc.SetPostgresDSN(dsn))
+		for _, route := range []string{"k", "nk"} {
+			w.Handle(route, func(ec *pgcdc.EventContext) error {
+				keys <- ec.HandlerRoute() + ":" + strings.Join(ec.KeyColumns(), ",")
+				return nil
+			})
+		}
+		serve(t, w)
+		m.ready(t, dsn, defaultSlot, 2)
+		exec(t, dsn, `INSERT INTO k VALUES (1, 'eu', 7); DELETE FROM k; INSERT INTO nk VALUES (1)`)
+		got := map[string]int{}
+		for range 3 {
+			select {
+			case k := <-keys:
+				got[k]++
+			case <-time.After(time.Minute):
+				t.Fatal("events not delivered")
+			}
+		}
+		if got["k:id,region"] != 2 || got["nk:"] != 1 {
+			t.Fatalf("KeyColumns per event: %v", got)
+		}
+	})
+}

@@ -167,6 +167,11 @@ func (e *EventContext) SetError(err error) { e.err = err }
 
 func lsnString(lsn uint64) string { return change.FormatLSN(lsn) }
 
+// KeyColumns are the primary key columns of the event's table, in key
+// order (nil when the table has none): data.new (data.old for a DELETE)
+// holds the row's key under these names. Do not modify the slice.
+func (e *EventContext) KeyColumns() []string { return e.c.KeyColumns }
+
 // RowKey is a hash of the row's identity (its primary key or replica
 // identity columns): every change of one row has the same RowKey, and
 // handlers see the changes of one RowKey in commit order. Sinks use it to

@@ -10,6 +10,7 @@ package sink
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 
 	"github.com/pgcdc/pgcdc"
@@ -28,22 +29,64 @@ type Message struct {
 	// RowKey is a hash of the row's identity: messages of one RowKey must
 	// stay in the order given.
 	RowKey uint64
+	// KeyColumns are the primary key columns of the table, in key order
+	// (nil without a primary key); see KeyJSON.
+	KeyColumns []string
 	// Payload is the event JSON exactly as the library delivers it.
 	Payload []byte
+}
+
+// KeyJSON returns the row's primary key as a JSON object in key order
+// ({"id":42}, {"region":"eu","id":7}), values exactly as in the event, taken
+// from data.new (data.old for a DELETE); nil when the table has no primary
+// key or the row lacks a key column. Brokers that partition by key (Kafka)
+// use it as the record key, so every change of a row lands in one
+// partition, in order, and compacted topics keep the row's last state.
+func KeyJSON(m Message) []byte {
+	if len(m.KeyColumns) == 0 {
+		return nil
+	}
+	var ev struct {
+		Action string `json:"action"`
+		Data   struct {
+			Old, New map[string]json.RawMessage
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(m.Payload, &ev); err != nil {
+		return nil
+	}
+	row := ev.Data.New
+	if row == nil {
+		row = ev.Data.Old
+	}
+	b := []byte{'{'}
+	for i, c := range m.KeyColumns {
+		v, ok := row[c]
+		if !ok {
+			return nil
+		}
+		if i > 0 {
+			b = append(b, ',')
+		}
+		k, _ := json.Marshal(c)
+		b = append(append(append(b, k...), ':'), v...)
+	}
+	return append(b, '}')
 }
 
 // FromEvent builds the Message of a handler's event.
 func FromEvent(ec *pgcdc.EventContext) Message {
 	h := ec.Header()
 	return Message{
-		EventID: ec.Key(),
-		Source:  h["source_name"],
-		Schema:  h["schema"],
-		Table:   h["table"],
-		Action:  h["action"],
-		LSN:     h["lsn"],
-		RowKey:  ec.RowKey(),
-		Payload: ec.Message(),
+		EventID:    ec.Key(),
+		Source:     h["source_name"],
+		Schema:     h["schema"],
+		Table:      h["table"],
+		Action:     h["action"],
+		LSN:        h["lsn"],
+		RowKey:     ec.RowKey(),
+		KeyColumns: ec.KeyColumns(),
+		Payload:    ec.Message(),
 	}
 }
 

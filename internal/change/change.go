@@ -37,6 +37,9 @@ type Change struct {
 	EventID    string // md5 hex, stable across redeliveries
 	Message    []byte // the event JSON handed to handlers
 	PartKey    uint64 // hash of the row's key; changes of one key keep their order
+	// KeyColumns are the primary key columns of the table, in key order
+	// (nil without a primary key); shared, not to be modified.
+	KeyColumns []string
 	LSN        uint64 // commit LSN of the transaction
 	XID        uint32
 	CommitTime time.Time

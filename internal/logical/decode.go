@@ -57,6 +57,9 @@ type decoder struct {
 	commitTime time.Time
 	seq        int
 	sourceJSON []byte
+	// keyCols maps a route key to its table's primary key columns, in key
+	// order (from the relation messages seen).
+	keyCols map[string][]string
 	// txContext is the writer's context of the transaction being decoded
 	// (a "pgcdc" logical message, see SetTxContext), as JSON; nil if none.
 	txContext []byte
@@ -92,7 +95,7 @@ func newDecoder(cfg decoderConfig) *decoder {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &decoder{cfg: cfg, rels: map[uint32]*relation{}, sourceJSON: rowjson.AppendString(nil, cfg.Source)}
+	return &decoder{cfg: cfg, rels: map[uint32]*relation{}, keyCols: map[string][]string{}, sourceJSON: rowjson.AppendString(nil, cfg.Source)}
 }
 
 func (d *decoder) begin(m *pglogrepl.BeginMessage) {
@@ -145,7 +148,7 @@ func (s *Source) describe(pool *pgxpool.Pool) func(context.Context, *pglogrepl.R
 		var err error
 		if meta.PK, err = queryNames(ctx, pool, `SELECT a.attname FROM pg_index i
 			JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-			WHERE i.indrelid = $1 AND i.indisprimary`, m.RelationID); err != nil {
+			WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)`, m.RelationID); err != nil {
 			return meta, fmt.Errorf("source %s: reading primary key of %s: %w", s.label(), table, err)
 		}
 		// PostgreSQL publishes generated columns only from version 18 on
@@ -206,6 +209,11 @@ func (d *decoder) setRelation(m *pglogrepl.RelationMessage, pk []string) {
 		r.routeKey = key
 	}
 	d.rels[m.RelationID] = r
+	if len(pk) > 0 {
+		d.keyCols[r.routeKey] = slices.Clone(pk)
+	} else {
+		delete(d.keyCols, r.routeKey)
+	}
 }
 
 // change builds the event of one row message; nil when its table is not
@@ -222,6 +230,7 @@ func (d *decoder) change(m *rowMsg) (*change.Change, error) {
 	}
 	c.EventID = d.eventID()
 	c.PartKey = partKey(r, m.key())
+	c.KeyColumns = d.keyCols[r.routeKey]
 	c.Message = d.message(r, c, m)
 	return c, nil
 }

@@ -656,6 +656,7 @@ func (d *decoder) read(c *chunk, r snapRow) *change.Change {
 	ch := &change.Change{
 		Source: d.cfg.Source, Schema: c.schema, Table: c.table, RouteKey: c.routeKey, Action: ActionRead,
 		LSN: uint64(d.commitLSN), XID: d.xid, CommitTime: d.commitTime, PartKey: r.part,
+		KeyColumns: d.keyCols[c.routeKey],
 	}
 	sum := md5.Sum([]byte(d.cfg.SourceID + "/snapshot/" + c.run + "/" + c.routeKey + "/" + r.key))
 	ch.EventID = hex.EncodeToString(sum[:])

@@ -102,6 +102,7 @@ func (d *decoder) replay(rec []byte) (*change.Change, error) {
 		rest = rest[2+n:]
 	}
 	c.RouteKey, c.Schema, c.Table, c.Action = fields[0], fields[1], fields[2], fields[3]
+	c.KeyColumns = d.keyCols[c.RouteKey]
 	c.EventID = d.eventID()
 	b := make([]byte, 0, len(rest)+160)
 	b = append(b, `{"event_id":"`...)

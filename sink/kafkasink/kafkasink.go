@@ -2,10 +2,10 @@
 //
 // Each event becomes one record on a topic named after its table
 // (template, default DefaultTopic), keyed by its row: the key is the
-// row's RowKey (a 64-bit hash of the primary key or replica identity
-// columns) as 16 lower-case hex digits, so every change of a row goes to
-// one partition and keeps its order there. The key is not the primary key
-// itself: pgcdc hands sinks only its hash. Headers event_id, action,
+// row's primary key as JSON ({"id":42}, see sink.KeyJSON), or for a table
+// without one its RowKey (a 64-bit hash of its replica identity) as 16
+// lower-case hex digits, so every change of a row goes to one partition and
+// keeps its order there. Headers event_id, action,
 // source, schema, table and lsn carry the event's metadata; the value is
 // the event JSON.
 //
@@ -217,8 +217,13 @@ func escapeTopic(s string) string {
 	return string(b)
 }
 
-// Key returns the record key of m: its RowKey as 16 hex digits.
+// Key returns the record key of m: the row's primary key as JSON
+// (sink.KeyJSON, e.g. {"id":42}), or, for a table without a primary key,
+// its RowKey (a hash of its replica identity) as 16 hex digits.
 func Key(m *sink.Message) []byte {
+	if k := sink.KeyJSON(*m); k != nil {
+		return k
+	}
 	return fmt.Appendf(make([]byte, 0, 16), "%016x", m.RowKey)
 }
 
