@@ -29,14 +29,14 @@ type Resolver interface {
 
 // Change is one committed row change of one table.
 type Change struct {
-	Source     string // source name ("" for the default source)
-	Schema     string
-	Table      string
-	RouteKey   string // dispatcher key ("schema.table" as routed); "" means Schema.Table
-	Action     string // INSERT, UPDATE, DELETE, TRUNCATE
-	EventID    string // md5 hex, stable across redeliveries
-	Message    []byte // the event JSON handed to handlers
-	PartKey    uint64 // hash of the row's key; changes of one key keep their order
+	Source   string // source name ("" for the default source)
+	Schema   string
+	Table    string
+	RouteKey string // dispatcher key ("schema.table" as routed); "" means Schema.Table
+	Action   string // INSERT, UPDATE, DELETE, TRUNCATE
+	EventID  string // md5 hex, stable across redeliveries
+	Message  []byte // the event JSON handed to handlers
+	PartKey  uint64 // hash of the row's key; changes of one key keep their order
 	// KeyColumns are the primary key columns of the table, in key order
 	// (nil without a primary key); shared, not to be modified.
 	KeyColumns []string
