@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcdc/pgcdc/internal/pgident"
 	"github.com/pgcdc/pgcdc/sink"
@@ -123,20 +122,31 @@ func dlWhere(sc *SourceConfig, source, schema, table string) (string, []any) {
 	return where, args
 }
 
-// dlConn connects to a source and names its dead-letter table; ok is false
-// when the table does not exist (nothing was dead-lettered).
-func dlConn(ctx context.Context, sc *SourceConfig) (conn *pgx.Conn, qtable string, ok bool, err error) {
-	conn, err = pgx.Connect(ctx, sc.DSN)
+// withDeadLetters connects to a source and calls fn with its dead-letter
+// table and the condition (with its arguments) selecting the source's
+// dead letters, of table when it is not "". A source without a dead-letter
+// table (nothing was dead-lettered) is skipped. Errors name the source.
+func withDeadLetters(ctx context.Context, sc *SourceConfig, name, schema, table string,
+	fn func(conn *pgx.Conn, qtable, where string, args []any) error) error {
+	conn, err := pgx.Connect(ctx, sc.DSN)
 	if err != nil {
-		return nil, "", false, redactDSN(err)
+		return fmt.Errorf("source %q: %w", name, redactDSN(err))
 	}
-	schema, table := deadLetterTable(ctx, conn, sc)
-	qtable = pgident.Qualified(schema, table)
-	if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, qtable).Scan(&ok); err != nil {
-		conn.Close(context.Background())
-		return nil, "", false, err
+	defer conn.Close(context.Background())
+	dlSchema, dlTable := deadLetterTable(ctx, conn, sc)
+	qtable := pgident.Qualified(dlSchema, dlTable)
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, qtable).Scan(&exists); err != nil {
+		return fmt.Errorf("source %q: %w", name, err)
 	}
-	return conn, qtable, ok, nil
+	if !exists {
+		return nil
+	}
+	where, args := dlWhere(sc, name, schema, table)
+	if err := fn(conn, qtable, where, args); err != nil {
+		return fmt.Errorf("source %q: %w", name, err)
+	}
+	return nil
 }
 
 func selectDeadLetters(ctx context.Context, q interface {
@@ -169,20 +179,16 @@ func listDeadLetters(ctx context.Context, env *cliEnv, cfg *Config, sources []st
 	enc := json.NewEncoder(env.stdout)
 	total := 0
 	for _, name := range sources {
-		sc := cfg.Sources[name]
-		conn, qtable, ok, err := dlConn(ctx, sc)
+		var rows []deadLetterRow
+		err := withDeadLetters(ctx, cfg.Sources[name], name, schema, table, func(conn *pgx.Conn, qtable, where string, args []any) error {
+			var err error
+			if rows, err = selectDeadLetters(ctx, conn, qtable, where, args, limit, false); err != nil {
+				return fmt.Errorf("reading %s: %w", qtable, err)
+			}
+			return nil
+		})
 		if err != nil {
-			return fmt.Errorf("source %q: %w", name, err)
-		}
-		if !ok {
-			conn.Close(context.Background())
-			continue
-		}
-		where, args := dlWhere(sc, name, schema, table)
-		rows, err := selectDeadLetters(ctx, conn, qtable, where, args, limit, false)
-		conn.Close(context.Background())
-		if err != nil {
-			return fmt.Errorf("source %q: reading %s: %w", name, qtable, err)
+			return err
 		}
 		for _, r := range rows {
 			total++
@@ -226,29 +232,24 @@ func redeliverDeadLetters(ctx context.Context, env *cliEnv, cfg *Config, sources
 		if err != nil {
 			return err
 		}
-		conn, qtable, ok, err := dlConn(ctx, sc)
-		if err != nil {
-			return fmt.Errorf("source %q: %w", name, err)
-		}
-		if !ok {
-			conn.Close(context.Background())
-			continue
-		}
-		where, args := dlWhere(sc, name, schema, table)
-		n, f, err := redeliverSource(ctx, conn, qtable, where, args, limit, func(r deadLetterRow) error {
-			rules, routed := tables[r.Schema+"."+r.Table]
-			if !routed {
-				return fmt.Errorf("table %s is not routed by the configuration", pgident.Qualified(r.Schema, r.Table))
-			}
-			p := &pipeline{rules: rules, sinks: d.sinks, logger: d.logger}
-			_, err := p.deliver(ctx, sink.Message{EventID: r.EventID, Source: r.Source, Schema: r.Schema, Table: r.Table,
-				Action: r.Action, LSN: lsnOrEmpty(r.LSN), Payload: []byte(r.Payload)})
+		var n, f int
+		err = withDeadLetters(ctx, sc, name, schema, table, func(conn *pgx.Conn, qtable, where string, args []any) error {
+			var err error
+			n, f, err = redeliverSource(ctx, conn, qtable, where, args, limit, func(r deadLetterRow) error {
+				rules, routed := tables[r.Schema+"."+r.Table]
+				if !routed {
+					return fmt.Errorf("table %s is not routed by the configuration", pgident.Qualified(r.Schema, r.Table))
+				}
+				p := &pipeline{rules: rules, sinks: d.sinks, logger: d.logger}
+				_, err := p.deliver(ctx, sink.Message{EventID: r.EventID, Source: r.Source, Schema: r.Schema, Table: r.Table,
+					Action: r.Action, LSN: lsnOrEmpty(r.LSN), Payload: []byte(r.Payload)})
+				return err
+			})
 			return err
 		})
-		conn.Close(context.Background())
 		delivered, failed = delivered+n, failed+f
 		if err != nil {
-			return fmt.Errorf("source %q: %w", name, err)
+			return err
 		}
 	}
 	fmt.Fprintf(env.stdout, "%d dead letter(s) delivered and removed, %d failed again (kept with the new error)\n", delivered, failed)
@@ -305,23 +306,14 @@ func anyIDs(ids []int64) []any {
 func purgeDeadLetters(ctx context.Context, env *cliEnv, cfg *Config, sources []string, schema, table string) error {
 	total := int64(0)
 	for _, name := range sources {
-		sc := cfg.Sources[name]
-		conn, qtable, ok, err := dlConn(ctx, sc)
+		err := withDeadLetters(ctx, cfg.Sources[name], name, schema, table, func(conn *pgx.Conn, qtable, where string, args []any) error {
+			tag, err := conn.Exec(ctx, `DELETE FROM `+qtable+` WHERE `+where, args...)
+			total += tag.RowsAffected()
+			return err
+		})
 		if err != nil {
-			return fmt.Errorf("source %q: %w", name, err)
+			return err
 		}
-		if !ok {
-			conn.Close(context.Background())
-			continue
-		}
-		where, args := dlWhere(sc, name, schema, table)
-		var tag pgconn.CommandTag
-		tag, err = conn.Exec(ctx, `DELETE FROM `+qtable+` WHERE `+where, args...)
-		conn.Close(context.Background())
-		if err != nil {
-			return fmt.Errorf("source %q: %w", name, err)
-		}
-		total += tag.RowsAffected()
 	}
 	fmt.Fprintf(env.stdout, "%d dead letter(s) deleted\n", total)
 	return nil
