@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgcdc/pgcdc"
 	"github.com/pgcdc/pgcdc/internal/pgtest"
@@ -88,5 +89,35 @@ func TestFilterSettingsRefused(t *testing.T) {
 		if !errors.Is(err, pgcdc.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v; want ErrConfig saying %q", name, err, tc.want)
 		}
+	}
+}
+
+// A column added after the publication's column list was set is not sent
+// by the server: that is reported (error callback), not silent.
+func TestColumnAddedAfterColumnListIsReported(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	exec(t, dsn, `CREATE TABLE u (id int PRIMARY KEY, secret text, a text)`)
+	errc := make(chan error, 4)
+	rec := newRecorder()
+	w := newWorker(t, pgcdc.SetPostgresDSN(dsn), pgcdc.SetOnErrorConnectionCallback(func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+	}))
+	w.Handle("u", rec.handle, pgcdc.WithoutColumns("secret"))
+	serve(t, w)
+	waitStreaming(t, dsn, defaultSlot)
+	exec(t, dsn, `ALTER TABLE u ADD COLUMN extra text; INSERT INTO u VALUES (1, 's', 'a', 'e')`)
+	if ev := rec.waitCount(t, 1)[0]; strings.Contains(string(ev.Data.New), "secret") {
+		t.Fatalf("event %s", ev.Data.New)
+	}
+	select {
+	case err := <-errc:
+		if !strings.Contains(err.Error(), `"extra"`) || !strings.Contains(err.Error(), "restart") {
+			t.Fatalf("error callback: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the unpublished column was not reported")
 	}
 }

@@ -157,8 +157,45 @@ func (s *Source) describe(pool *pgxpool.Pool) func(context.Context, *pglogrepl.R
 			WHERE attrelid = $1 AND attgenerated <> '' AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, m.RelationID); err != nil {
 			return meta, fmt.Errorf("source %s: reading generated columns of %s: %w", s.label(), table, err)
 		}
+		if err := s.checkColumnList(ctx, pool, m); err != nil {
+			return meta, err
+		}
 		return meta, nil
 	}
+}
+
+// checkColumnList reports, loudly, a column added to a table with a
+// publication column list (WithoutColumns) after pgcdc set that list: the
+// server does not send it, so the events lack it until a restart brings
+// the list up to date. It is not left to pass silently.
+func (s *Source) checkColumnList(ctx context.Context, pool *pgxpool.Pool, m *pglogrepl.RelationMessage) error {
+	var t *Table
+	for i := range s.live {
+		if ti, ok := s.tables[s.live[i].Schema+"."+s.live[i].Table]; ok && ti.oid == m.RelationID && ti.columns != "" {
+			t = &s.live[i]
+		}
+	}
+	if t == nil {
+		return nil
+	}
+	live, err := queryNames(ctx, pool, `SELECT attname FROM pg_attribute
+		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum`, m.RelationID)
+	if err != nil {
+		return fmt.Errorf("source %s: reading the columns of %s.%s: %w", s.label(), m.Namespace, m.RelationName, err)
+	}
+	for _, name := range live {
+		sent := slices.ContainsFunc(m.Columns, func(c *pglogrepl.RelationMessageColumn) bool { return c.Name == name })
+		wanted := slices.Contains(t.Columns, name) || (len(t.Columns) == 0 && !slices.Contains(t.Exclude, name))
+		if wanted && !sent {
+			err := fmt.Errorf("source %s: column %q of %s.%s was added after pgcdc set the publication's column list, so the server does not send it: its values are missing from the events until pgcdc restarts (which updates the list)",
+				s.label(), name, m.Namespace, m.RelationName)
+			s.cfg.Logger.Error("pgcdc: column not published", "source", s.cfg.Name, "error", err)
+			if s.cfg.OnError != nil {
+				s.cfg.OnError(err)
+			}
+		}
+	}
+	return nil
 }
 
 // queryNames runs a query of one text column for one relation.
