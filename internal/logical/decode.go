@@ -34,6 +34,7 @@ type relation struct {
 	partIdx      []int // primary key columns: the partition key
 	routeKey     string
 	omitted      []string // generated columns not published (omitted_generated)
+	keyNames     []string // primary key columns, in key order (Change.KeyColumns)
 }
 
 type column struct {
@@ -247,7 +248,8 @@ func (d *decoder) setRelation(m *pglogrepl.RelationMessage, pk []string) {
 	}
 	d.rels[m.RelationID] = r
 	if len(pk) > 0 {
-		d.keyCols[r.routeKey] = slices.Clone(pk)
+		r.keyNames = slices.Clone(pk)
+		d.keyCols[r.routeKey] = r.keyNames
 	} else {
 		delete(d.keyCols, r.routeKey)
 	}
@@ -267,7 +269,7 @@ func (d *decoder) change(m *rowMsg) (*change.Change, error) {
 	}
 	c.EventID = d.eventID()
 	c.PartKey = partKey(r, m.key())
-	c.KeyColumns = d.keyCols[r.routeKey]
+	c.KeyColumns = r.keyNames
 	c.Message = d.message(r, c, m)
 	return c, nil
 }

@@ -55,9 +55,9 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("source %s: %w", s.label, err)
 	}
-	s.keyCols = make(map[string][]string, len(refs))
+	s.keyCols = make(map[[2]string][]string, len(refs))
 	for _, r := range refs {
-		s.keyCols[r.schema+"."+r.name] = r.key
+		s.keyCols[[2]string{r.schema, r.name}] = r.key
 	}
 	if err := s.identify(readCtx, pool); err != nil {
 		return err
@@ -427,7 +427,7 @@ func (s *Source) change(ev *event) *change.Change {
 	b = change.AppendTail(b, 0, xid, ev.commitTime) // no LSN in trigger mode
 	return &change.Change{
 		Source: s.cfg.Name, Schema: ev.schema, Table: ev.table, Action: ev.action,
-		EventID: eventID, Message: b, PartKey: uint64(ev.rowKey), XID: xid, KeyColumns: s.keyCols[ev.schema+"."+ev.table],
+		EventID: eventID, Message: b, PartKey: uint64(ev.rowKey), XID: xid, KeyColumns: s.keyCols[[2]string{ev.schema, ev.table}],
 		CommitTime: ev.commitTime, Pos: rowRef{s: s, id: ev.id},
 	}
 }

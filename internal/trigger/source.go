@@ -78,8 +78,8 @@ type Source struct {
 	// never read) count as another instance's for the ordering rule.
 	claimer  string
 	sessions int
-	consumed bool                // the current session got as far as consuming
-	keyCols  map[string][]string // "schema.table" → primary key columns, in key order
+	consumed bool                   // the current session got as far as consuming
+	keyCols  map[[2]string][]string // {schema, table} → primary key columns, in key order
 
 	// Identity, learned when a session connects.
 	sourceID   string // "<system identifier>/<database>/trigger/<table oid>/"
