@@ -185,6 +185,15 @@ func (s *Source) Run(ctx context.Context, stop <-chan struct{}) error {
 		s.cfg.Observe.SetState(observe.Stopped, nil)
 		return &errs.Fatal{Err: fmt.Errorf("%w: source %s: no routed table", errs.ErrConfig, s.label)}
 	}
+	for _, t := range s.cfg.Tables {
+		if t.Snapshot {
+			// Reached through CaptureAuto choosing this engine: refused
+			// rather than serving the route without its snapshot.
+			s.cfg.Observe.SetState(observe.Stopped, nil)
+			return &errs.Fatal{Err: fmt.Errorf("%w: source %s: route %q asks for a snapshot, which needs the logical capture mode, but the trigger engine was chosen (wal_level or the role's REPLICATION attribute rule out logical replication): allow logical replication, or drop the snapshot option",
+				errs.ErrConfig, s.label, t.Route.Name)}
+		}
+	}
 	return runner.Run(ctx, stop, runner.Config{
 		Name: s.cfg.Name, Engine: "trigger", MinReconnect: s.cfg.MinReconnect, MaxReconnect: s.cfg.MaxReconnect,
 		OnError: s.cfg.OnError, Logger: s.cfg.Logger, Observe: s.cfg.Observe,
