@@ -409,6 +409,23 @@ func (d *Dispatcher) Start(ctx context.Context) {
 // leaving queued changes unresolved (they are delivered again later). It
 // waits for the lanes or for ctx.
 func (d *Dispatcher) Stop(ctx context.Context) error {
+	d.Halt()
+	done := make(chan struct{})
+	go func() {
+		d.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Halt is Stop without the wait: from now on no change is handed to a
+// handler that is not already running one. It may be called more than once.
+func (d *Dispatcher) Halt() {
 	if d.stopping.CompareAndSwap(false, true) {
 		if d.stopWaits != nil {
 			d.stopWaits()
@@ -425,17 +442,6 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 			}
 			t.laneMu.Unlock()
 		}
-	}
-	done := make(chan struct{})
-	go func() {
-		d.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 

@@ -100,6 +100,7 @@ func (s *Source) session(ctx, readCtx context.Context) error {
 		err = cause
 	}
 
+	disp.Halt() // queued events stay for the next session; only those in flight finish
 	s.cfg.Logger.Info("pgcdc: trigger source stopping: waiting for the handlers in flight", "source", s.cfg.Name, "cause", err)
 	stopCtx := ctx
 	if ctx.Err() != nil {
